@@ -1,0 +1,225 @@
+//! The admission pool of one upstream: at most `max_concurrency` requests in flight, at most
+//! `max_queue` more waiting in arrival order, and an immediate rejection beyond that.
+//!
+//! A [`Permit`] owns its slot and a waiting request owns its queue place: dropping either (the
+//! request finished, failed, timed out, panicked, or its client went away and hyper dropped the
+//! future) gives it back. There is no release call to forget.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use tokio::sync::Semaphore;
+
+use crate::error::Counters;
+
+/// Why the pool turned a request away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// `max_queue` requests were already waiting.
+    QueueFull,
+    /// No slot came free within `queue_timeout`.
+    QueueTimeout,
+}
+
+/// One upstream's slots and queue.
+#[derive(Debug)]
+pub struct Pool {
+    /// One permit per slot. Tokio's semaphore hands released permits to waiters in FIFO order and
+    /// `try_acquire` fails while anyone waits, so arrival order is kept.
+    slots: Semaphore,
+    max_concurrency: usize,
+    max_queue: usize,
+    queue_timeout: Duration,
+    /// Requests waiting for a slot now.
+    queued: AtomicUsize,
+    /// Requests holding a slot now.
+    in_flight: AtomicUsize,
+    /// The upstream's rejection and error counters. They live beside the slots so that a permit
+    /// held by a streaming body can count a late deadline without a second shared reference.
+    counters: Counters,
+}
+
+/// A slot in the pool, released when dropped.
+#[derive(Debug)]
+pub struct Permit {
+    pool: Arc<Pool>,
+    /// How long the request waited in the queue (zero when a slot was free at once).
+    queue_wait: Duration,
+}
+
+/// A place in the queue, given back when dropped (admitted, timed out, or client gone).
+struct QueuePlace<'a>(&'a Pool);
+
+impl Pool {
+    pub fn new(max_concurrency: usize, max_queue: usize, queue_timeout: Duration) -> Pool {
+        Pool {
+            slots: Semaphore::new(max_concurrency),
+            max_concurrency,
+            max_queue,
+            queue_timeout,
+            queued: AtomicUsize::new(0),
+            in_flight: AtomicUsize::new(0),
+            counters: Counters::default(),
+        }
+    }
+
+    /// Waits for a slot: at once if one is free, in the queue for at most `queue_timeout`
+    /// otherwise, or not at all when the queue is full.
+    pub async fn admit(self: &Arc<Self>) -> Result<Permit, Rejected> {
+        if let Ok(slot) = self.slots.try_acquire() {
+            slot.forget();
+            return Ok(self.permit(Duration::ZERO));
+        }
+        let _place = self.enter_queue()?;
+        let start = Instant::now();
+        match tokio::time::timeout(self.queue_timeout, self.slots.acquire()).await {
+            Ok(Ok(slot)) => {
+                slot.forget();
+                Ok(self.permit(start.elapsed()))
+            }
+            // The semaphore is never closed; treat it like an expired wait if it ever is.
+            Ok(Err(_)) | Err(_) => Err(Rejected::QueueTimeout),
+        }
+    }
+
+    fn enter_queue(&self) -> Result<QueuePlace<'_>, Rejected> {
+        self.queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q < self.max_queue).then_some(q + 1)
+            })
+            .map(|_| QueuePlace(self))
+            .map_err(|_| Rejected::QueueFull)
+    }
+
+    fn permit(self: &Arc<Self>, queue_wait: Duration) -> Permit {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Permit {
+            pool: Arc::clone(self),
+            queue_wait,
+        }
+    }
+
+    /// Requests waiting for a slot now.
+    pub fn queue_depth(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Requests holding a slot now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    pub fn max_concurrency(&self) -> usize {
+        self.max_concurrency
+    }
+
+    pub fn max_queue(&self) -> usize {
+        self.max_queue
+    }
+}
+
+impl Permit {
+    pub fn queue_wait(&self) -> Duration {
+        self.queue_wait
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.pool.counters
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.pool.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.pool.slots.add_permits(1);
+    }
+}
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    fn poll_once<F: Future>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+        f.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn admits_up_to_the_limit_then_queues_then_rejects() {
+        let pool = Arc::new(Pool::new(2, 1, Duration::from_millis(100)));
+        let a = pool.admit().await.unwrap();
+        let _b = pool.admit().await.unwrap();
+        assert_eq!(pool.in_flight(), 2);
+
+        let mut queued = pin!(pool.admit());
+        assert!(poll_once(queued.as_mut()).is_pending());
+        assert_eq!(pool.queue_depth(), 1);
+
+        // The queue holds one: the next is turned away without waiting.
+        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+
+        drop(a);
+        let c = queued.await.unwrap();
+        assert_eq!(pool.queue_depth(), 0);
+        assert_eq!(pool.in_flight(), 2);
+        drop(c);
+        assert_eq!(pool.in_flight(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queue_timeout_frees_the_place() {
+        let pool = Arc::new(Pool::new(1, 4, Duration::from_millis(100)));
+        let _held = pool.admit().await.unwrap();
+        let start = tokio::time::Instant::now();
+        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueTimeout);
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
+        assert_eq!(pool.queue_depth(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_a_waiter_leaves_the_queue_and_keeps_order() {
+        let pool = Arc::new(Pool::new(1, 4, Duration::from_secs(10)));
+        let held = pool.admit().await.unwrap();
+        let mut first = Box::pin(pool.admit());
+        let mut second = Box::pin(pool.admit());
+        let mut third = Box::pin(pool.admit());
+        assert!(poll_once(first.as_mut()).is_pending());
+        assert!(poll_once(second.as_mut()).is_pending());
+        assert!(poll_once(third.as_mut()).is_pending());
+        assert_eq!(pool.queue_depth(), 3);
+
+        drop(second); // its client went away
+        assert_eq!(pool.queue_depth(), 2);
+
+        drop(held);
+        let p1 = first.await.unwrap();
+        assert!(poll_once(third.as_mut()).is_pending(), "FIFO: third waits for first");
+        drop(p1);
+        let p3 = third.await.unwrap();
+        assert_eq!(p3.queue_wait(), Duration::ZERO);
+        drop(p3);
+        assert_eq!((pool.in_flight(), pool.queue_depth()), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_queue_rejects_when_busy() {
+        let pool = Arc::new(Pool::new(1, 0, Duration::from_secs(1)));
+        let _held = pool.admit().await.unwrap();
+        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+    }
+}

@@ -1,0 +1,701 @@
+//! Configuration: TOML text -> raw serde structs -> validated, typed [`Config`].
+//!
+//! Parsing is strict (`deny_unknown_fields` everywhere: a typo is an error, not a silently ignored
+//! key). The TOML parser stops at the first syntax or type error, which is reported with its key
+//! path and line/column; once the file has the right shape, every semantic problem (ranges,
+//! duplicates, unknown route targets, unparsable addresses) is collected and reported together,
+//! each naming its key path (`upstream[1].max_queue`) and the reason.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::uri::Authority;
+use serde::Deserialize;
+
+/// Longest duration accepted for the queue, connect and drain timeouts: anything longer is
+/// almost certainly a unit mistake ("100" meant as milliseconds is rejected by the parser anyway).
+const MAX_SHORT_DURATION: Duration = Duration::from_secs(3600);
+/// Longest `request_timeout`: long polls and slow reports can legitimately take hours, not days.
+const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// Upper bound on `max_concurrency`: a slot is a backend request in flight; more than this is a typo.
+const MAX_CONCURRENCY: u64 = 100_000;
+/// Upper bound on `max_queue`: each queued request holds a connection and its head in memory.
+const MAX_QUEUE: u64 = 1_000_000;
+
+/// The validated configuration weir runs on.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// How long in-flight and queued requests may take to finish after SIGTERM before weir exits.
+    pub drain_timeout: Duration,
+    pub listeners: Vec<ListenerConfig>,
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Routes in file order; the first match wins. Empty when a single upstream takes everything.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// One traffic listener.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Used in logs (and metric labels later), so operators can tell listeners apart.
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+/// How weir speaks to a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 with keep-alive (the default).
+    Http1,
+    /// HTTP/2 over cleartext with prior knowledge: one connection multiplexes every request.
+    H2c,
+}
+
+/// One backend and the pool that protects it.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// `host:port` of the backend; hostnames are resolved when connecting.
+    pub addr: Authority,
+    pub protocol: Protocol,
+    /// Requests forwarded to this backend at once: the size of the worker pool.
+    pub max_concurrency: usize,
+    /// Requests allowed to wait for a slot; the one after is answered 503 at once.
+    pub max_queue: usize,
+    /// Longest wait for a slot before the request is answered 503.
+    pub queue_timeout: Duration,
+    /// Deadline for the whole exchange with the backend, from admission to the last body byte.
+    pub request_timeout: Duration,
+    /// Deadline for establishing a TCP connection to the backend.
+    pub connect_timeout: Duration,
+    /// Idle keep-alive connections to the backend are closed after this long.
+    pub pool_idle_timeout: Duration,
+    /// Idle keep-alive connections kept open to the backend.
+    pub pool_max_idle: usize,
+    /// Value of the `Retry-After` header on 503s, in whole seconds.
+    pub retry_after_secs: u64,
+}
+
+/// A routing rule: every condition given must hold.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Lower-cased host to match exactly (the request's port is ignored).
+    pub host: Option<String>,
+    /// Prefix the request path must start with (plain string prefix, as nginx's `location /x`).
+    pub path_prefix: Option<String>,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+}
+
+/// One problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Key path such as `upstream[1].max_queue`; empty for a problem with the whole file.
+    pub path: String,
+    pub message: String,
+    /// 1-based line and column, where the parser knows them.
+    pub location: Option<(usize, usize)>,
+}
+
+/// Every problem found in a configuration, with the file it came from.
+#[derive(Debug, Clone)]
+pub struct ConfigError {
+    pub file: Option<String>,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some((line, col)) = self.location {
+            write!(f, "line {line}, column {col}: ")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        f.write_str(&self.message)
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.file.as_deref().unwrap_or("<config>");
+        let n = self.problems.len();
+        write!(f, "{file}: {n} problem{}", if n == 1 { "" } else { "s" })?;
+        for p in &self.problems {
+            match p.location {
+                Some((line, col)) => write!(f, "\n  {file}:{line}:{col}: ")?,
+                None => write!(f, "\n  {file}: ")?,
+            }
+            if !p.path.is_empty() {
+                write!(f, "{}: ", p.path)?;
+            }
+            f.write_str(&p.message)?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: Some(file.clone()),
+            problems: vec![Problem {
+                path: String::new(),
+                message: format!("cannot read the file: {e}"),
+                location: None,
+            }],
+        })?;
+        Config::from_toml_str(&text).map_err(|mut e| {
+            e.file = Some(file);
+            e
+        })
+    }
+
+    /// Parses and validates configuration text. Pure: touches no file, socket or environment.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig = parse(text).map_err(|p| ConfigError {
+            file: None,
+            problems: vec![p],
+        })?;
+        let mut v = Validator::default();
+        let config = v.config(raw);
+        match config {
+            Some(config) if v.problems.is_empty() => Ok(config),
+            _ => Err(ConfigError {
+                file: None,
+                problems: v.problems,
+            }),
+        }
+    }
+
+    /// Index of the upstream named `name`.
+    pub fn upstream_index(&self, name: &str) -> Option<usize> {
+        self.upstreams.iter().position(|u| u.name == name)
+    }
+}
+
+fn parse(text: &str) -> Result<RawConfig, Problem> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let location = inner.span().map(|span| line_col(text, span.start));
+        Problem {
+            path: if path == "." { String::new() } else { path },
+            message: inner
+                .message()
+                .trim()
+                .replace("expected i64", "expected an integer"),
+            location,
+        }
+    })
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    (line, col)
+}
+
+// ---- raw, as written in the file ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    drain_timeout: Option<String>,
+    #[serde(default)]
+    listener: Vec<RawListener>,
+    #[serde(default)]
+    upstream: Vec<RawUpstream>,
+    #[serde(default)]
+    route: Vec<RawRoute>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: String,
+    addr: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: String,
+    addr: String,
+    protocol: Option<Protocol>,
+    max_concurrency: Option<i64>,
+    max_queue: Option<i64>,
+    queue_timeout: Option<String>,
+    request_timeout: Option<String>,
+    connect_timeout: Option<String>,
+    pool_idle_timeout: Option<String>,
+    pool_max_idle: Option<i64>,
+    retry_after: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    host: Option<String>,
+    path_prefix: Option<String>,
+    upstream: String,
+}
+
+// ---- validation ----
+
+/// Defaults, documented in config.example.toml (a test keeps the two in step).
+pub mod defaults {
+    use std::time::Duration;
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const MAX_CONCURRENCY: usize = 64;
+    pub const MAX_QUEUE: usize = 128;
+    pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+    pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+    pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+}
+
+#[derive(Default)]
+struct Validator {
+    problems: Vec<Problem>,
+}
+
+impl Validator {
+    fn problem(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.into(),
+            message: message.into(),
+            location: None,
+        });
+    }
+
+    fn config(&mut self, raw: RawConfig) -> Option<Config> {
+        let drain_timeout = self.duration(
+            "drain_timeout",
+            raw.drain_timeout.as_deref(),
+            defaults::DRAIN_TIMEOUT,
+            MAX_SHORT_DURATION,
+        );
+
+        if raw.listener.is_empty() {
+            self.problem("listener", "at least one [[listener]] is required");
+        }
+        if raw.upstream.is_empty() {
+            self.problem("upstream", "at least one [[upstream]] is required");
+        }
+
+        let listeners: Vec<_> = raw
+            .listener
+            .into_iter()
+            .enumerate()
+            .map(|(i, l)| self.listener(i, l))
+            .collect();
+        self.unique_names("listener", listeners.iter().map(|l| l.name.as_str()));
+
+        let upstreams: Vec<_> = raw
+            .upstream
+            .into_iter()
+            .enumerate()
+            .map(|(i, u)| self.upstream(i, u))
+            .collect();
+        self.unique_names("upstream", upstreams.iter().map(|u| u.name.as_str()));
+
+        if upstreams.len() > 1 && raw.route.is_empty() {
+            self.problem(
+                "route",
+                "with more than one [[upstream]], [[route]] entries must say which requests go where",
+            );
+        }
+        let routes: Vec<_> = raw
+            .route
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, r)| self.route(i, r, &upstreams))
+            .collect();
+
+        Some(Config {
+            drain_timeout,
+            listeners,
+            upstreams,
+            routes,
+        })
+    }
+
+    fn unique_names<'a>(&mut self, section: &str, names: impl Iterator<Item = &'a str>) {
+        let mut seen = HashSet::new();
+        let dups: Vec<(usize, String)> = names
+            .enumerate()
+            .filter(|(_, n)| !seen.insert(*n))
+            .map(|(i, n)| (i, n.to_string()))
+            .collect();
+        for (i, name) in dups {
+            self.problem(
+                format!("{section}[{i}].name"),
+                format!("duplicate {section} name {name:?}"),
+            );
+        }
+    }
+
+    fn name(&mut self, path: String, name: String) -> String {
+        let ok = !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !ok {
+            self.problem(
+                path,
+                format!("{name:?} is not a valid name: use 1 or more of a-z, A-Z, 0-9, '-', '_', '.'"),
+            );
+        }
+        name
+    }
+
+    fn listener(&mut self, i: usize, raw: RawListener) -> ListenerConfig {
+        let name = self.name(format!("listener[{i}].name"), raw.name);
+        let addr = raw.addr.parse().unwrap_or_else(|_| {
+            self.problem(
+                format!("listener[{i}].addr"),
+                format!(
+                    "{:?} is not an IP address and port, such as \"0.0.0.0:8080\" or \"[::]:8080\"",
+                    raw.addr
+                ),
+            );
+            SocketAddr::from(([0, 0, 0, 0], 0))
+        });
+        ListenerConfig { name, addr }
+    }
+
+    fn upstream(&mut self, i: usize, raw: RawUpstream) -> UpstreamConfig {
+        let at = |key: &str| format!("upstream[{i}].{key}");
+        let name = self.name(at("name"), raw.name);
+        let addr = self.authority(at("addr"), &raw.addr);
+        let max_concurrency = self.count(
+            at("max_concurrency"),
+            raw.max_concurrency,
+            defaults::MAX_CONCURRENCY,
+            1,
+            MAX_CONCURRENCY,
+        );
+        let max_queue = self.count(
+            at("max_queue"),
+            raw.max_queue,
+            defaults::MAX_QUEUE,
+            0,
+            MAX_QUEUE,
+        );
+        let queue_timeout = self.duration(
+            &at("queue_timeout"),
+            raw.queue_timeout.as_deref(),
+            defaults::QUEUE_TIMEOUT,
+            MAX_SHORT_DURATION,
+        );
+        let request_timeout = self.duration(
+            &at("request_timeout"),
+            raw.request_timeout.as_deref(),
+            defaults::REQUEST_TIMEOUT,
+            MAX_REQUEST_TIMEOUT,
+        );
+        let connect_timeout = self.duration(
+            &at("connect_timeout"),
+            raw.connect_timeout.as_deref(),
+            defaults::CONNECT_TIMEOUT,
+            MAX_SHORT_DURATION,
+        );
+        let pool_idle_timeout = self.duration(
+            &at("pool_idle_timeout"),
+            raw.pool_idle_timeout.as_deref(),
+            defaults::POOL_IDLE_TIMEOUT,
+            MAX_SHORT_DURATION,
+        );
+        let pool_max_idle = self.count(
+            at("pool_max_idle"),
+            raw.pool_max_idle,
+            max_concurrency,
+            0,
+            MAX_CONCURRENCY,
+        );
+        let retry_after = self.duration(
+            &at("retry_after"),
+            raw.retry_after.as_deref(),
+            defaults::RETRY_AFTER,
+            MAX_SHORT_DURATION,
+        );
+        UpstreamConfig {
+            name,
+            addr,
+            protocol: raw.protocol.unwrap_or(Protocol::Http1),
+            max_concurrency,
+            max_queue,
+            queue_timeout,
+            request_timeout,
+            connect_timeout,
+            pool_idle_timeout,
+            pool_max_idle,
+            // Retry-After is in whole seconds; round up so "500ms" does not become "0".
+            retry_after_secs: retry_after.as_millis().div_ceil(1000) as u64,
+        }
+    }
+
+    fn route(
+        &mut self,
+        i: usize,
+        raw: RawRoute,
+        upstreams: &[UpstreamConfig],
+    ) -> Option<RouteConfig> {
+        let host = raw.host.map(|h| {
+            let valid = !h.is_empty() && !h.contains(['/', ' ', '\t', ':']);
+            if !valid {
+                self.problem(
+                    format!("route[{i}].host"),
+                    format!("{h:?} is not a host name (no scheme, port or path), such as \"api.example.com\""),
+                );
+            }
+            h.to_ascii_lowercase()
+        });
+        if let Some(p) = &raw.path_prefix {
+            if !p.starts_with('/') {
+                self.problem(
+                    format!("route[{i}].path_prefix"),
+                    format!("{p:?} must start with '/'"),
+                );
+            }
+        }
+        let Some(upstream) = upstreams.iter().position(|u| u.name == raw.upstream) else {
+            self.problem(
+                format!("route[{i}].upstream"),
+                format!("no [[upstream]] is named {:?}", raw.upstream),
+            );
+            return None;
+        };
+        Some(RouteConfig {
+            host,
+            path_prefix: raw.path_prefix,
+            upstream,
+        })
+    }
+
+    fn authority(&mut self, path: String, text: &str) -> Authority {
+        let fallback = Authority::from_static("invalid:1");
+        if text.contains("://") {
+            self.problem(
+                path,
+                format!("{text:?}: write host:port without a scheme, such as \"127.0.0.1:3000\""),
+            );
+            return fallback;
+        }
+        match text.parse::<Authority>() {
+            Ok(a) if a.port_u16().is_some_and(|p| p != 0) && !a.host().is_empty() && !text.contains('@') => a,
+            _ => {
+                self.problem(
+                    path,
+                    format!("{text:?} is not a host:port address, such as \"127.0.0.1:3000\" or \"app:8080\""),
+                );
+                fallback
+            }
+        }
+    }
+
+    fn count(&mut self, path: String, raw: Option<i64>, default: usize, min: u64, max: u64) -> usize {
+        let Some(n) = raw else { return default };
+        if n < min as i64 || n as u64 > max {
+            self.problem(path, format!("{n} is out of range: must be from {min} to {max}"));
+            return default;
+        }
+        n as usize
+    }
+
+    fn duration(&mut self, path: &str, raw: Option<&str>, default: Duration, max: Duration) -> Duration {
+        let Some(text) = raw else { return default };
+        match humantime::parse_duration(text.trim()) {
+            Ok(d) if d.is_zero() => {
+                self.problem(path, format!("{text:?}: must be longer than zero"));
+                default
+            }
+            Ok(d) if d > max => {
+                self.problem(
+                    path,
+                    format!("{text:?} is too long: at most {}", humantime::format_duration(max)),
+                );
+                default
+            }
+            Ok(d) => d,
+            Err(e) => {
+                self.problem(
+                    path,
+                    format!("{text:?} is not a duration ({e}); write a number and a unit, such as \"250ms\", \"5s\" or \"1m\""),
+                );
+                default
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+[[listener]]
+name = "public"
+addr = "127.0.0.1:8080"
+
+[[upstream]]
+name = "app"
+addr = "127.0.0.1:3000"
+"#;
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match Config::from_toml_str(text) {
+            Ok(_) => panic!("expected config errors for:\n{text}"),
+            Err(e) => e.problems,
+        }
+    }
+
+    fn has(problems: &[Problem], path: &str, needle: &str) -> bool {
+        problems
+            .iter()
+            .any(|p| p.path == path && p.message.contains(needle))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let c = Config::from_toml_str(MINIMAL).unwrap();
+        assert_eq!(c.drain_timeout, defaults::DRAIN_TIMEOUT);
+        let u = &c.upstreams[0];
+        assert_eq!(u.max_concurrency, defaults::MAX_CONCURRENCY);
+        assert_eq!(u.max_queue, defaults::MAX_QUEUE);
+        assert_eq!(u.queue_timeout, defaults::QUEUE_TIMEOUT);
+        assert_eq!(u.protocol, Protocol::Http1);
+        assert_eq!(u.retry_after_secs, 1);
+        assert!(c.routes.is_empty());
+    }
+
+    #[test]
+    fn unknown_key_is_reported_with_path_and_line() {
+        let text = format!("{MINIMAL}max_qeue = 5\n");
+        let p = problems(&text);
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].path, "upstream[0].max_qeue");
+        assert!(p[0].message.contains("unknown field `max_qeue`"), "{p:?}");
+        assert_eq!(p[0].location, Some((9, 1)));
+    }
+
+    #[test]
+    fn wrong_type_is_reported_with_path_and_line() {
+        let text = MINIMAL.replace(
+            "addr = \"127.0.0.1:3000\"",
+            "addr = \"127.0.0.1:3000\"\nmax_queue = \"ten\"",
+        );
+        let p = problems(&text);
+        assert_eq!(p[0].path, "upstream[0].max_queue", "{p:?}");
+        assert!(p[0].message.contains("invalid type"), "{p:?}");
+        assert_eq!(p[0].location, Some((9, 13)));
+    }
+
+    #[test]
+    fn syntax_error_has_a_location() {
+        let p = problems("[[listener]\nname = 1");
+        assert!(p[0].location.is_some(), "{p:?}");
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported_together() {
+        let text = r#"
+drain_timeout = "-5s"
+[[listener]]
+name = "public"
+addr = "localhost:80"
+[[listener]]
+name = "public"
+addr = "127.0.0.1:81"
+[[upstream]]
+name = "a"
+addr = "127.0.0.1:3000"
+max_concurrency = 0
+max_queue = -1
+queue_timeout = "forever"
+request_timeout = "400days"
+connect_timeout = "0s"
+[[upstream]]
+name = "b"
+addr = "http://127.0.0.1:3001"
+[[upstream]]
+name = "b"
+addr = "127.0.0.1"
+[[route]]
+path_prefix = "api"
+upstream = "c"
+"#;
+        let p = problems(text);
+        let expect = [
+            ("drain_timeout", "not a duration"),
+            ("listener[0].addr", "not an IP address and port"),
+            ("listener[1].name", "duplicate listener name \"public\""),
+            ("upstream[0].max_concurrency", "0 is out of range"),
+            ("upstream[0].max_queue", "-1 is out of range"),
+            ("upstream[0].queue_timeout", "not a duration"),
+            ("upstream[0].request_timeout", "too long"),
+            ("upstream[0].connect_timeout", "longer than zero"),
+            ("upstream[1].addr", "without a scheme"),
+            ("upstream[2].addr", "not a host:port"),
+            ("upstream[2].name", "duplicate upstream name \"b\""),
+            ("route[0].path_prefix", "must start with '/'"),
+            ("route[0].upstream", "no [[upstream]] is named \"c\""),
+        ];
+        for (path, needle) in expect {
+            assert!(has(&p, path, needle), "missing {path}: {needle} in {p:#?}");
+        }
+        assert_eq!(p.len(), expect.len(), "{p:#?}");
+    }
+
+    #[test]
+    fn several_upstreams_need_routes() {
+        let text = format!("{MINIMAL}[[upstream]]\nname = \"b\"\naddr = \"127.0.0.1:3001\"\n");
+        assert!(has(&problems(&text), "route", "more than one"));
+    }
+
+    #[test]
+    fn empty_file_asks_for_listener_and_upstream() {
+        let p = problems("");
+        assert!(has(&p, "listener", "at least one"));
+        assert!(has(&p, "upstream", "at least one"));
+    }
+
+    #[test]
+    fn routes_resolve_to_upstream_indices() {
+        let text = format!(
+            "{MINIMAL}[[upstream]]\nname = \"b\"\naddr = \"b.internal:3001\"\nprotocol = \"h2c\"\n\
+             [[route]]\nhost = \"API.example.com\"\nupstream = \"b\"\n[[route]]\nupstream = \"app\"\n"
+        );
+        let c = Config::from_toml_str(&text).unwrap();
+        assert_eq!(c.routes[0].upstream, 1);
+        assert_eq!(c.routes[0].host.as_deref(), Some("api.example.com"));
+        assert_eq!(c.upstreams[1].protocol, Protocol::H2c);
+        assert_eq!(c.routes[1].upstream, 0);
+    }
+
+    #[test]
+    fn display_names_file_path_and_reason() {
+        let mut e = Config::from_toml_str(&MINIMAL.replace("3000", "0")).unwrap_err();
+        e.file = Some("weir.toml".into());
+        let text = e.to_string();
+        assert!(text.contains("weir.toml: upstream[0].addr: \"127.0.0.1:0\" is not a host:port"), "{text}");
+    }
+
+    #[test]
+    fn example_config_is_valid() {
+        let text = include_str!("../config.example.toml");
+        let c = Config::from_toml_str(text).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!c.listeners.is_empty());
+    }
+}

@@ -1,0 +1,303 @@
+//! One upstream: its admission pool, its pooled keep-alive client, and the forwarding of a request
+//! to it under a deadline, with proxy hygiene (hop-by-hop headers, `X-Forwarded-*`) both ways.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Method, Request, Response, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::time::Instant;
+
+use crate::admission::{Pool, Rejected};
+use crate::body::ResponseBody;
+use crate::config::{Protocol, UpstreamConfig};
+use crate::error::{BoxError, ProxyError};
+
+/// Called after a request is admitted and before it is forwarded. Tests use it to inject faults
+/// (a panic) at the point where a slot is held; production runs have none.
+pub type RequestHook = Arc<dyn Fn(&Request<Incoming>) + Send + Sync>;
+
+/// What weir knows about the client connection a request came in on, rendered once per connection.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// The client's IP address as a header value, appended to `X-Forwarded-For`.
+    pub forwarded_for: HeaderValue,
+    /// `http` or `https`, sent as `X-Forwarded-Proto`.
+    pub proto: HeaderValue,
+}
+
+impl ClientInfo {
+    pub fn new(peer: std::net::SocketAddr, tls: bool) -> ClientInfo {
+        ClientInfo {
+            forwarded_for: HeaderValue::try_from(peer.ip().to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+        }
+    }
+}
+
+/// A backend and everything weir keeps per backend.
+pub struct Upstream {
+    pub name: String,
+    pool: Arc<Pool>,
+    client: Client<HttpConnector, Incoming>,
+    authority: Authority,
+    protocol: Protocol,
+    request_timeout: Duration,
+    /// `Retry-After` value for this upstream's 503s, rendered once.
+    retry_after: HeaderValue,
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+impl Upstream {
+    pub fn new(cfg: &UpstreamConfig) -> Upstream {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(cfg.connect_timeout));
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_max_idle_per_host(cfg.pool_max_idle)
+            // Host is the client's, never the backend's address.
+            .set_host(false);
+        if cfg.protocol == Protocol::H2c {
+            builder.http2_only(true);
+        }
+        Upstream {
+            name: cfg.name.clone(),
+            pool: Arc::new(Pool::new(
+                cfg.max_concurrency,
+                cfg.max_queue,
+                cfg.queue_timeout,
+            )),
+            client: builder.build(connector),
+            authority: cfg.addr.clone(),
+            protocol: cfg.protocol,
+            request_timeout: cfg.request_timeout,
+            retry_after: HeaderValue::from(cfg.retry_after_secs),
+        }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn retry_after(&self) -> &HeaderValue {
+        &self.retry_after
+    }
+
+    /// Admits `req` through the pool and forwards it. The returned response's body holds the slot
+    /// until the backend has sent its last byte; every error is returned for the caller to answer.
+    pub async fn forward(
+        &self,
+        req: Request<Incoming>,
+        client: &ClientInfo,
+        hook: Option<&RequestHook>,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let permit = self.pool.admit().await.map_err(|r| match r {
+            Rejected::QueueFull => ProxyError::QueueFull,
+            Rejected::QueueTimeout => ProxyError::QueueTimeout,
+        })?;
+        if let Some(hook) = hook {
+            hook(&req);
+        }
+        let deadline = Instant::now() + self.request_timeout;
+        let req = self.rewrite(req, client)?;
+        let response = tokio::time::timeout_at(deadline, self.client.request(req))
+            .await
+            .map_err(|_| ProxyError::UpstreamTimeout)?
+            .map_err(classify)?;
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let body = ResponseBody::upstream(body, permit, tokio::time::sleep_until(deadline));
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// Turns the client's request into the backend's: origin URI on the backend's address,
+    /// hop-by-hop headers removed, `X-Forwarded-*` set, Host preserved.
+    fn rewrite(
+        &self,
+        req: Request<Incoming>,
+        client: &ClientInfo,
+    ) -> Result<Request<Incoming>, ProxyError> {
+        let (mut parts, body) = req.into_parts();
+        if parts.method == Method::CONNECT {
+            return Err(ProxyError::BadRequest("CONNECT is not supported"));
+        }
+        let wants_trailers = strip_hop_by_hop(&mut parts.headers);
+        let headers = &mut parts.headers;
+
+        // HTTP/2 clients (and HTTP/1 absolute-form requests) carry the host in the URI.
+        if !headers.contains_key(header::HOST) {
+            if let Some(authority) = parts.uri.authority() {
+                let host = HeaderValue::from_str(authority.as_str())
+                    .map_err(|_| ProxyError::BadRequest("invalid authority"))?;
+                headers.insert(header::HOST, host);
+            }
+        }
+        if let Some(host) = headers.get(header::HOST).cloned() {
+            headers.insert(X_FORWARDED_HOST.clone(), host);
+        }
+        append_forwarded_for(headers, &client.forwarded_for);
+        headers.insert(X_FORWARDED_PROTO.clone(), client.proto.clone());
+
+        parts.version = match self.protocol {
+            Protocol::Http1 => Version::HTTP_11,
+            Protocol::H2c => {
+                // gRPC needs `te: trailers` end to end; it is the one TE value HTTP/2 allows.
+                if wants_trailers {
+                    headers.insert(header::TE, HeaderValue::from_static("trailers"));
+                }
+                Version::HTTP_2
+            }
+        };
+
+        let path = parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        if path.as_str() == "*" {
+            return Err(ProxyError::BadRequest("asterisk-form is not supported"));
+        }
+        parts.uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(self.authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+        Ok(Request::from_parts(parts, body))
+    }
+}
+
+/// Appends the client's address to `X-Forwarded-For`, keeping what earlier proxies wrote.
+fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
+    let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
+    if prior.peek().is_none() {
+        headers.insert(X_FORWARDED_FOR.clone(), client.clone());
+        return;
+    }
+    let mut joined = Vec::with_capacity(64);
+    for value in prior {
+        joined.extend_from_slice(value.as_bytes());
+        joined.extend_from_slice(b", ");
+    }
+    joined.extend_from_slice(client.as_bytes());
+    match HeaderValue::from_bytes(&joined) {
+        Ok(v) => headers.insert(X_FORWARDED_FOR.clone(), v),
+        // Earlier values were valid header bytes, so the join is too; keep at least ours.
+        Err(_) => headers.insert(X_FORWARDED_FOR.clone(), client.clone()),
+    };
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it names, plus the
+/// fixed list. Returns whether `TE` asked for trailers, which an HTTP/2 backend may be told.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderValue> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .cloned()
+            .collect();
+        for value in &named {
+            let Ok(text) = value.to_str() else { continue };
+            for token in text.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+                    headers.remove(name);
+                }
+            }
+        }
+        headers.remove(header::CONNECTION);
+    }
+    let wants_trailers = headers.get_all(header::TE).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|t| t.split(',').any(|p| p.trim().eq_ignore_ascii_case("trailers")))
+    });
+    for name in [
+        &KEEP_ALIVE,
+        &header::TE,
+        &header::TRAILER,
+        &header::TRANSFER_ENCODING,
+        &header::UPGRADE,
+        &header::PROXY_AUTHENTICATE,
+        &header::PROXY_AUTHORIZATION,
+        &PROXY_CONNECTION,
+    ] {
+        headers.remove(name);
+    }
+    wants_trailers
+}
+
+/// Sorts a client error into the kind it is counted and answered as.
+fn classify(err: hyper_util::client::legacy::Error) -> ProxyError {
+    if err.is_connect() {
+        return ProxyError::UpstreamConnect(Box::new(err));
+    }
+    let protocol = {
+        let mut source = std::error::Error::source(&err);
+        let mut found = false;
+        while let Some(e) = source {
+            if let Some(h) = e.downcast_ref::<hyper::Error>() {
+                found = h.is_parse() || h.is_parse_status() || h.is_user();
+                break;
+            }
+            source = e.source();
+        }
+        found
+    };
+    let err: BoxError = Box::new(err);
+    if protocol {
+        ProxyError::UpstreamProtocol(err)
+    } else {
+        ProxyError::UpstreamReset(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_connection_named_and_fixed_hop_by_hop_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("close, X-Secret"));
+        h.append(header::CONNECTION, HeaderValue::from_static("x-other"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
+        h.insert(header::PROXY_AUTHORIZATION, HeaderValue::from_static("x"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        assert!(strip_hop_by_hop(&mut h));
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn forwarded_for_appends() {
+        let mut h = HeaderMap::new();
+        let me = HeaderValue::from_static("10.0.0.9");
+        append_forwarded_for(&mut h, &me);
+        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
+        let mut h = HeaderMap::new();
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2, 3.3.3.3"));
+        append_forwarded_for(&mut h, &me);
+        assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9");
+        assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
+    }
+}

@@ -1,0 +1,175 @@
+//! weir: a reverse-proxy sidecar that protects a backend from overload.
+//!
+//! Each request is routed to an upstream, admitted through that upstream's bounded pool (a fixed
+//! number of slots, a bounded FIFO queue, an immediate 503 when the queue is full), and forwarded
+//! over a pooled keep-alive client under a deadline. The slot is owned by the request's future and
+//! then by its response body, so it is released on every path by `Drop`.
+//!
+//! # Layout
+//! - [`config`]: TOML -> validated, typed [`Config`](config::Config).
+//! - [`admission`]: the per-upstream [`Pool`](admission::Pool) and its RAII
+//!   [`Permit`](admission::Permit).
+//! - [`forward`]: an [`Upstream`](forward::Upstream): pooled client, request rewrite, deadline.
+//! - [`body`]: the response body that holds the slot while the backend streams.
+//! - [`proxy`]: routing, and turning every outcome (panics included) into an answer.
+//! - [`error`]: request-path errors, their counters, and the single error -> status table.
+//! - [`edge`]: accept loop and per-connection hyper server (HTTP/1.1 + h2c).
+//! - [`shutdown`]: SIGTERM/SIGINT handling.
+#![forbid(unsafe_code)]
+
+pub mod admission;
+pub mod body;
+pub mod config;
+pub mod edge;
+pub mod error;
+pub mod forward;
+pub mod proxy;
+pub mod shutdown;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::edge::Edge;
+use crate::forward::{RequestHook, Upstream};
+use crate::proxy::Proxy;
+
+/// A failure to start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("listener {name:?}: cannot bind {addr}: {source}")]
+    Bind {
+        name: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Optional extension points, for embedding weir and for tests.
+#[derive(Default, Clone)]
+pub struct Options {
+    /// Runs after admission, before forwarding (see [`RequestHook`]).
+    pub request_hook: Option<RequestHook>,
+}
+
+/// A bound, not yet running weir.
+pub struct Server {
+    config: Config,
+    edges: Vec<Edge>,
+    proxy: Arc<Proxy>,
+}
+
+impl Server {
+    /// Binds every listener. Nothing is served until [`Server::run`].
+    pub async fn bind(config: Config, options: Options) -> Result<Server, StartError> {
+        let proxy = Arc::new(Proxy::new(&config, options.request_hook));
+        let mut edges = Vec::with_capacity(config.listeners.len());
+        for l in &config.listeners {
+            let listener = TcpListener::bind(l.addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    name: l.name.clone(),
+                    addr: l.addr,
+                    source,
+                })?;
+            edges.push(Edge::new(&l.name, listener, Arc::clone(&proxy)));
+        }
+        Ok(Server {
+            config,
+            edges,
+            proxy,
+        })
+    }
+
+    /// The address each listener is bound to, by listener name (resolves port 0).
+    pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
+        self.edges
+            .iter()
+            .filter_map(|e| Some((e.name.to_string(), e.local_addr().ok()?)))
+            .collect()
+    }
+
+    /// The upstream named `name`, to read its pool's queue depth, in-flight count and counters.
+    pub fn upstream(&self, name: &str) -> Option<Arc<Upstream>> {
+        self.proxy
+            .upstreams()
+            .iter()
+            .find(|u| u.name == name)
+            .cloned()
+    }
+
+    /// Serves until `shutdown` resolves, then stops accepting (new connections are refused), lets
+    /// in-flight and queued requests finish for up to `drain_timeout` while idle keep-alive
+    /// connections are closed, and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let graceful = Arc::new(GracefulShutdown::new());
+        let stop = CancellationToken::new();
+        let abort = CancellationToken::new();
+        tracing::info!(
+            listeners = %self.describe_listeners(),
+            upstreams = %describe_upstreams(&self.config),
+            drain_timeout = ?self.config.drain_timeout,
+            "weir started"
+        );
+        let mut accepting = JoinSet::new();
+        for edge in self.edges {
+            accepting.spawn(edge.serve(Arc::clone(&graceful), stop.clone(), abort.clone()));
+        }
+
+        shutdown.await;
+        stop.cancel();
+        while accepting.join_next().await.is_some() {}
+        let graceful = Arc::into_inner(graceful).unwrap_or_default();
+        let open = graceful.count();
+        tracing::info!(connections = open, "listeners closed; draining");
+        let drain = self.config.drain_timeout;
+        if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+            tracing::warn!(drain_timeout = ?drain, "drain_timeout expired; closing the remaining connections");
+            abort.cancel();
+        }
+    }
+
+    fn describe_listeners(&self) -> String {
+        let mut out = Vec::new();
+        for (name, addr) in self.local_addrs() {
+            out.push(format!("{name}={addr}"));
+        }
+        out.join(", ")
+    }
+}
+
+fn describe_upstreams(config: &Config) -> String {
+    config
+        .upstreams
+        .iter()
+        .map(|u| {
+            format!(
+                "{}={} ({:?}, max_concurrency={}, max_queue={}, queue_timeout={:?}, request_timeout={:?})",
+                u.name,
+                u.addr,
+                u.protocol,
+                u.max_concurrency,
+                u.max_queue,
+                u.queue_timeout,
+                u.request_timeout
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Binds and serves `config` until `shutdown` resolves, then drains.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), StartError> {
+    Server::bind(config, Options::default())
+        .await?
+        .run(shutdown)
+        .await;
+    Ok(())
+}

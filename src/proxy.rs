@@ -1,0 +1,169 @@
+//! The request handler: routes a request to its upstream, forwards it, and turns every outcome,
+//! a panic included, into an answer. Nothing here is spawned: the whole exchange lives in the
+//! future hyper polls, so a client that disconnects cancels it by dropping it.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures_util::FutureExt;
+use http::{Request, Response, header};
+use hyper::body::Incoming;
+
+use crate::body::ResponseBody;
+use crate::config::{Config, RouteConfig};
+use crate::error::{Counters, ProxyError, Reason};
+use crate::forward::{ClientInfo, RequestHook, Upstream};
+
+/// Everything the request path needs, shared by every connection.
+pub struct Proxy {
+    upstreams: Vec<Arc<Upstream>>,
+    routes: Vec<RouteConfig>,
+    hook: Option<RequestHook>,
+}
+
+impl Proxy {
+    pub fn new(config: &Config, hook: Option<RequestHook>) -> Proxy {
+        Proxy {
+            upstreams: config
+                .upstreams
+                .iter()
+                .map(|u| Arc::new(Upstream::new(u)))
+                .collect(),
+            routes: config.routes.clone(),
+            hook,
+        }
+    }
+
+    pub fn upstreams(&self) -> &[Arc<Upstream>] {
+        &self.upstreams
+    }
+
+    /// The first route whose conditions all hold; with no routes, the only upstream.
+    fn route<B>(&self, req: &Request<B>) -> Option<&Upstream> {
+        if self.routes.is_empty() {
+            return self.upstreams.first().map(|u| &**u);
+        }
+        let host = request_host(req);
+        let path = req.uri().path();
+        self.routes
+            .iter()
+            .find(|r| {
+                r.host
+                    .as_deref()
+                    .is_none_or(|h| host.is_some_and(|rh| rh.eq_ignore_ascii_case(h)))
+                    && r.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
+            })
+            .map(|r| &*self.upstreams[r.upstream])
+    }
+
+    /// Answers one request. Never fails: errors and panics become responses here.
+    pub async fn handle(&self, req: Request<Incoming>, client: &ClientInfo) -> Response<ResponseBody> {
+        let Some(upstream) = self.route(&req) else {
+            return ProxyError::NoRoute.into_response(None, None);
+        };
+        let counters = upstream.pool().counters();
+        let gone = ClientGone::new(counters);
+        let outcome = AssertUnwindSafe(upstream.forward(req, client, self.hook.as_ref()))
+            .catch_unwind()
+            .await;
+        gone.disarm();
+        match outcome {
+            Ok(Ok(response)) => response,
+            Ok(Err(err)) => {
+                tracing::debug!(upstream = %upstream.name, error = %err, "request failed");
+                err.into_response(Some(counters), Some(upstream.retry_after()))
+            }
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("non-string panic payload");
+                tracing::error!(upstream = %upstream.name, panic = what, "request handler panicked");
+                ProxyError::Internal.into_response(Some(counters), None)
+            }
+        }
+    }
+}
+
+/// The host a request is for, without its port: the Host header, or the URI's authority.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    let raw = match req.headers().get(header::HOST) {
+        Some(h) => h.to_str().ok()?,
+        None => req.uri().host()?,
+    };
+    // Strip a port, minding IPv6 literals ("[::1]:8080").
+    Some(match raw.rfind(':') {
+        Some(i) if !raw[i..].contains(']') => &raw[..i],
+        _ => raw,
+    })
+}
+
+/// Counts `client_gone` if the request future is dropped before it produced an answer: hyper drops
+/// it when the client disconnects while its request is queued or waiting for the backend's head.
+struct ClientGone<'a> {
+    counters: &'a Counters,
+}
+
+impl<'a> ClientGone<'a> {
+    fn new(counters: &'a Counters) -> Self {
+        ClientGone { counters }
+    }
+
+    fn disarm(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for ClientGone<'_> {
+    fn drop(&mut self) {
+        self.counters.reject(Reason::ClientGone);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxy(toml_routes: &str) -> Proxy {
+        let text = format!(
+            "[[listener]]\nname=\"l\"\naddr=\"127.0.0.1:0\"\n\
+             [[upstream]]\nname=\"api\"\naddr=\"127.0.0.1:1\"\n\
+             [[upstream]]\nname=\"web\"\naddr=\"127.0.0.1:2\"\n{toml_routes}"
+        );
+        Proxy::new(&Config::from_toml_str(&text).unwrap(), None)
+    }
+
+    fn routed(p: &Proxy, host: Option<&str>, uri: &str) -> Option<String> {
+        let mut b = Request::builder().uri(uri);
+        if let Some(h) = host {
+            b = b.header(header::HOST, h);
+        }
+        p.route(&b.body(()).unwrap()).map(|u| u.name.clone())
+    }
+
+    #[tokio::test]
+    async fn first_match_wins_on_host_and_prefix() {
+        let p = proxy(
+            "[[route]]\nhost=\"api.example.com\"\npath_prefix=\"/v1\"\nupstream=\"api\"\n\
+             [[route]]\npath_prefix=\"/static/\"\nupstream=\"web\"\n\
+             [[route]]\nhost=\"API.example.com\"\nupstream=\"web\"\n",
+        );
+        assert_eq!(routed(&p, Some("api.example.com:8443"), "/v1/x").as_deref(), Some("api"));
+        assert_eq!(routed(&p, Some("Api.Example.com"), "/v2").as_deref(), Some("web"));
+        assert_eq!(routed(&p, Some("other"), "/static/a.css").as_deref(), Some("web"));
+        assert_eq!(routed(&p, None, "http://api.example.com/v1").as_deref(), Some("api"));
+        assert_eq!(routed(&p, Some("other"), "/v1"), None);
+    }
+
+    #[test]
+    fn host_without_port() {
+        let r = |h: &str| {
+            let req = Request::builder().header(header::HOST, h).body(()).unwrap();
+            request_host(&req).map(str::to_string)
+        };
+        assert_eq!(r("a.b:80").as_deref(), Some("a.b"));
+        assert_eq!(r("[::1]:80").as_deref(), Some("[::1]"));
+        assert_eq!(r("[::1]").as_deref(), Some("[::1]"));
+    }
+}
