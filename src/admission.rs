@@ -208,7 +208,10 @@ mod tests {
 
         drop(held);
         let p1 = first.await.unwrap();
-        assert!(poll_once(third.as_mut()).is_pending(), "FIFO: third waits for first");
+        assert!(
+            poll_once(third.as_mut()).is_pending(),
+            "FIFO: third waits for first"
+        );
         drop(p1);
         let p3 = third.await.unwrap();
         assert_eq!(p3.queue_wait(), Duration::ZERO);

@@ -201,7 +201,10 @@ fn parse(text: &str) -> Result<RawConfig, Problem> {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
     (line, col)
 }
 
@@ -354,7 +357,9 @@ impl Validator {
         if !ok {
             self.problem(
                 path,
-                format!("{name:?} is not a valid name: use 1 or more of a-z, A-Z, 0-9, '-', '_', '.'"),
+                format!(
+                    "{name:?} is not a valid name: use 1 or more of a-z, A-Z, 0-9, '-', '_', '.'"
+                ),
             );
         }
         name
@@ -494,7 +499,13 @@ impl Validator {
             return fallback;
         }
         match text.parse::<Authority>() {
-            Ok(a) if a.port_u16().is_some_and(|p| p != 0) && !a.host().is_empty() && !text.contains('@') => a,
+            Ok(a)
+                if a.port_u16().is_some_and(|p| p != 0)
+                    && !a.host().is_empty()
+                    && !text.contains('@') =>
+            {
+                a
+            }
             _ => {
                 self.problem(
                     path,
@@ -505,16 +516,32 @@ impl Validator {
         }
     }
 
-    fn count(&mut self, path: String, raw: Option<i64>, default: usize, min: u64, max: u64) -> usize {
+    fn count(
+        &mut self,
+        path: String,
+        raw: Option<i64>,
+        default: usize,
+        min: u64,
+        max: u64,
+    ) -> usize {
         let Some(n) = raw else { return default };
         if n < min as i64 || n as u64 > max {
-            self.problem(path, format!("{n} is out of range: must be from {min} to {max}"));
+            self.problem(
+                path,
+                format!("{n} is out of range: must be from {min} to {max}"),
+            );
             return default;
         }
         n as usize
     }
 
-    fn duration(&mut self, path: &str, raw: Option<&str>, default: Duration, max: Duration) -> Duration {
+    fn duration(
+        &mut self,
+        path: &str,
+        raw: Option<&str>,
+        default: Duration,
+        max: Duration,
+    ) -> Duration {
         let Some(text) = raw else { return default };
         match humantime::parse_duration(text.trim()) {
             Ok(d) if d.is_zero() => {
@@ -524,7 +551,10 @@ impl Validator {
             Ok(d) if d > max => {
                 self.problem(
                     path,
-                    format!("{text:?} is too long: at most {}", humantime::format_duration(max)),
+                    format!(
+                        "{text:?} is too long: at most {}",
+                        humantime::format_duration(max)
+                    ),
                 );
                 default
             }
@@ -689,7 +719,10 @@ upstream = "c"
         let mut e = Config::from_toml_str(&MINIMAL.replace("3000", "0")).unwrap_err();
         e.file = Some("weir.toml".into());
         let text = e.to_string();
-        assert!(text.contains("weir.toml: upstream[0].addr: \"127.0.0.1:0\" is not a host:port"), "{text}");
+        assert!(
+            text.contains("weir.toml: upstream[0].addr: \"127.0.0.1:0\" is not a host:port"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -223,8 +223,10 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
         headers.remove(header::CONNECTION);
     }
     let wants_trailers = headers.get_all(header::TE).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|t| t.split(',').any(|p| p.trim().eq_ignore_ascii_case("trailers")))
+        v.to_str().is_ok_and(|t| {
+            t.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("trailers"))
+        })
     });
     for name in [
         &KEEP_ALIVE,
@@ -273,7 +275,10 @@ mod tests {
     #[test]
     fn strips_connection_named_and_fixed_hop_by_hop_headers() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("close, X-Secret"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, X-Secret"),
+        );
         h.append(header::CONNECTION, HeaderValue::from_static("x-other"));
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("x-other", HeaderValue::from_static("1"));
@@ -295,7 +300,10 @@ mod tests {
         assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
         let mut h = HeaderMap::new();
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
-        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("2.2.2.2, 3.3.3.3"));
+        h.append(
+            &X_FORWARDED_FOR,
+            HeaderValue::from_static("2.2.2.2, 3.3.3.3"),
+        );
         append_forwarded_for(&mut h, &me);
         assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9");
         assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);

@@ -130,7 +130,10 @@ impl Server {
         let open = graceful.count();
         tracing::info!(connections = open, "listeners closed; draining");
         let drain = self.config.drain_timeout;
-        if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+        if tokio::time::timeout(drain, graceful.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!(drain_timeout = ?drain, "drain_timeout expired; closing the remaining connections");
             abort.cancel();
         }

@@ -1,6 +1,7 @@
 //! The `weir` binary: parses the command line, loads and validates the configuration, and hands
 //! over to the library. Nothing here is worth testing on its own.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -9,7 +10,11 @@ use tracing_subscriber::EnvFilter;
 use weir::config::Config;
 
 #[derive(Parser)]
-#[command(name = "weir", version, about = "A reverse-proxy sidecar that protects a backend from overload")]
+#[command(
+    name = "weir",
+    version,
+    about = "A reverse-proxy sidecar that protects a backend from overload"
+)]
 struct Cli {
     /// Configuration file (TOML); see config.example.toml.
     #[arg(long, short = 'c', global = true, value_name = "PATH")]
@@ -30,10 +35,13 @@ fn main() -> ExitCode {
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
+        .with_ansi(std::io::stdout().is_terminal())
         .init();
 
     let Some(path) = cli.config else {
-        eprintln!("weir: --config PATH is required (for example: weir --config config.example.toml)");
+        eprintln!(
+            "weir: --config PATH is required (for example: weir --config config.example.toml)"
+        );
         return ExitCode::from(2);
     };
     let config = match Config::load(&path) {
@@ -48,7 +56,10 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("weir: cannot start the runtime: {e}");

@@ -57,7 +57,11 @@ impl Proxy {
     }
 
     /// Answers one request. Never fails: errors and panics become responses here.
-    pub async fn handle(&self, req: Request<Incoming>, client: &ClientInfo) -> Response<ResponseBody> {
+    pub async fn handle(
+        &self,
+        req: Request<Incoming>,
+        client: &ClientInfo,
+    ) -> Response<ResponseBody> {
         let Some(upstream) = self.route(&req) else {
             return ProxyError::NoRoute.into_response(None, None);
         };
@@ -149,10 +153,22 @@ mod tests {
              [[route]]\npath_prefix=\"/static/\"\nupstream=\"web\"\n\
              [[route]]\nhost=\"API.example.com\"\nupstream=\"web\"\n",
         );
-        assert_eq!(routed(&p, Some("api.example.com:8443"), "/v1/x").as_deref(), Some("api"));
-        assert_eq!(routed(&p, Some("Api.Example.com"), "/v2").as_deref(), Some("web"));
-        assert_eq!(routed(&p, Some("other"), "/static/a.css").as_deref(), Some("web"));
-        assert_eq!(routed(&p, None, "http://api.example.com/v1").as_deref(), Some("api"));
+        assert_eq!(
+            routed(&p, Some("api.example.com:8443"), "/v1/x").as_deref(),
+            Some("api")
+        );
+        assert_eq!(
+            routed(&p, Some("Api.Example.com"), "/v2").as_deref(),
+            Some("web")
+        );
+        assert_eq!(
+            routed(&p, Some("other"), "/static/a.css").as_deref(),
+            Some("web")
+        );
+        assert_eq!(
+            routed(&p, None, "http://api.example.com/v1").as_deref(),
+            Some("api")
+        );
         assert_eq!(routed(&p, Some("other"), "/v1"), None);
     }
 

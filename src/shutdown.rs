@@ -16,13 +16,19 @@ pub fn on_signals() -> std::io::Result<impl Future<Output = ()>> {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
-        tracing::info!(signal = name, "shutdown requested: draining (send it again to exit at once)");
+        tracing::info!(
+            signal = name,
+            "shutdown requested: draining (send it again to exit at once)"
+        );
         let _ = first_tx.send(());
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",
             _ = int.recv() => "SIGINT",
         };
-        tracing::warn!(signal = name, "second signal: exiting without waiting for the drain");
+        tracing::warn!(
+            signal = name,
+            "second signal: exiting without waiting for the drain"
+        );
         std::process::exit(1);
     });
     Ok(async move {

@@ -1,0 +1,226 @@
+//! The `weir` binary: `check` exit codes and messages, and signal handling on a real process.
+
+mod support;
+
+use std::process::{Command, Stdio};
+
+use http::StatusCode;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::ChildStdout;
+
+use support::*;
+
+const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+
+fn write_config(text: &str) -> tempfile_path::Path {
+    tempfile_path::Path::new(text)
+}
+
+/// A config file in the target directory, removed on drop (no extra crate needed for that).
+mod tempfile_path {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    pub struct Path(pub std::path::PathBuf);
+    impl Path {
+        pub fn new(text: &str) -> Path {
+            let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+            let n = N.fetch_add(1, Ordering::SeqCst);
+            let p = dir.join(format!("weir-cli-{}-{n}.toml", std::process::id()));
+            std::fs::write(&p, text).unwrap();
+            Path(p)
+        }
+    }
+    impl Drop for Path {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+}
+
+#[test]
+fn check_accepts_the_example_config() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
+    let out = Command::new(WEIR)
+        .args(["check", "--config", example])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration is valid"));
+}
+
+#[test]
+fn check_prints_every_problem_with_file_and_key_path_and_fails() {
+    let file = write_config(
+        "[[listener]]\nname = \"a\"\naddr = \"nowhere\"\n\
+         [[upstream]]\nname = \"app\"\naddr = \"127.0.0.1:3000\"\nmax_concurrency = 0\nqueue_timeout = \"-1s\"\n\
+         [[route]]\nupstream = \"ghost\"\n",
+    );
+    let out = Command::new(WEIR)
+        .arg("check")
+        .arg("--config")
+        .arg(&file.0)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let name = file.0.display().to_string();
+    for line in [
+        format!("{name}: 4 problems"),
+        format!("{name}: listener[0].addr: \"nowhere\" is not an IP address and port"),
+        format!("{name}: upstream[0].max_concurrency: 0 is out of range"),
+        format!("{name}: upstream[0].queue_timeout: \"-1s\" is not a duration"),
+        format!("{name}: route[0].upstream: no [[upstream]] is named \"ghost\""),
+    ] {
+        assert!(err.contains(&line), "missing {line:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn check_reports_the_line_of_a_type_error() {
+    let file = write_config("[[listener]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\nbacklog = 5\n");
+    let out = Command::new(WEIR)
+        .arg("check")
+        .arg("-c")
+        .arg(&file.0)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(":4:1: listener[0].backlog: unknown field `backlog`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn missing_config_flag_and_missing_file_are_clear_errors() {
+    let out = Command::new(WEIR).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--config PATH is required"));
+    let out = Command::new(WEIR)
+        .args(["check", "-c", "/nonexistent/weir.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("/nonexistent/weir.toml: cannot read the file")
+    );
+}
+
+#[test]
+fn a_port_in_use_fails_at_startup_naming_the_listener() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let file = write_config(&format!(
+        "[[listener]]\nname = \"edge\"\naddr = \"{}\"\n[[upstream]]\nname = \"app\"\naddr = \"127.0.0.1:1\"\n",
+        taken.local_addr().unwrap()
+    ));
+    let out = Command::new(WEIR).arg("-c").arg(&file.0).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("listener \"edge\": cannot bind"), "{err}");
+}
+
+struct Running {
+    child: tokio::process::Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    addr: String,
+    _config: tempfile_path::Path,
+}
+
+/// Starts the binary on 127.0.0.1:0 and reads the bound address from its start line.
+async fn start_weir(backend: std::net::SocketAddr, drain: &str) -> Running {
+    let config = write_config(&format!(
+        "drain_timeout = \"{drain}\"\n[[listener]]\nname = \"edge\"\naddr = \"127.0.0.1:0\"\n{}",
+        upstream_toml(backend, "")
+    ));
+    let mut child = tokio::process::Command::new(WEIR)
+        .arg("--config")
+        .arg(&config.0)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let addr = loop {
+        let line = within("the start line", lines.next_line())
+            .await
+            .unwrap()
+            .expect("weir exited");
+        if let Some(rest) = line.split("listeners=edge=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    Running {
+        child,
+        lines,
+        addr,
+        _config: config,
+    }
+}
+
+async fn wait_for_line(r: &mut Running, needle: &str) {
+    loop {
+        let line = within(needle, r.lines.next_line()).await.unwrap();
+        match line {
+            Some(l) if l.contains(needle) => return,
+            Some(_) => {}
+            None => panic!("weir exited before logging {needle:?}"),
+        }
+    }
+}
+
+fn signal(child: &tokio::process::Child, sig: &str) {
+    let pid = child.id().expect("weir is running");
+    let ok = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_0() {
+    let backend = spawn_backend().await;
+    let mut weir = start_weir(backend.addr, "30s").await;
+    let client = client();
+    let url = format!("http://{}/gate", weir.addr);
+    let in_flight = tokio::spawn({
+        let c = client.clone();
+        async move { get(&c, &url).await.0 }
+    });
+    backend.stats.wait_seen(1).await;
+    signal(&weir.child, "TERM");
+    wait_for_line(&mut weir, "draining").await;
+    backend.stats.open_gate(1);
+    assert_eq!(in_flight.await.unwrap(), StatusCode::OK);
+    wait_for_line(&mut weir, "weir stopped").await;
+    let status = within("weir to exit", weir.child.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn a_second_signal_exits_at_once() {
+    let backend = spawn_backend().await;
+    let mut weir = start_weir(backend.addr, "1h").await;
+    let mut stuck = tokio::net::TcpStream::connect(&weir.addr).await.unwrap();
+    stuck
+        .write_all(b"GET /hang HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    backend.stats.wait_seen(1).await;
+    signal(&weir.child, "INT");
+    wait_for_line(&mut weir, "draining").await;
+    signal(&weir.child, "TERM");
+    wait_for_line(&mut weir, "second signal").await;
+    let status = within("weir to exit", weir.child.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(1));
+}

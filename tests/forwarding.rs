@@ -1,0 +1,265 @@
+//! Forwarding: proxy hygiene, deadlines and cancellation, upstream failures, h2c both sides, and
+//! bodies that stream through without being buffered whole.
+
+mod support;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use weir::error::{Reason, UpstreamErrorKind};
+
+use support::*;
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_stripped_and_forwarded_headers_set() {
+    let backend = spawn_backend().await;
+    let weir = spawn_weir(&upstream_toml(backend.addr, "")).await;
+    let req = Request::get(weir.url("/headers"))
+        .header("host", "shop.example.com:8443")
+        .header("connection", "keep-alive, X-Client-Secret")
+        .header("x-client-secret", "s3cret")
+        .header("keep-alive", "timeout=5")
+        .header("te", "trailers")
+        .header("trailer", "x-sum")
+        .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+        .header("proxy-connection", "keep-alive")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-kept", "yes")
+        .body(Full::default())
+        .unwrap();
+    let (status, _, body) = send(&client(), req).await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = String::from_utf8(body.to_vec()).unwrap();
+    for gone in [
+        "connection:",
+        "x-client-secret",
+        "keep-alive",
+        "te:",
+        "trailer:",
+        "proxy-authorization",
+        "proxy-connection",
+    ] {
+        assert!(!seen.contains(gone), "{gone} reached the backend:\n{seen}");
+    }
+    for kept in [
+        "host: shop.example.com:8443",
+        "x-forwarded-for: 203.0.113.7, 127.0.0.1",
+        "x-forwarded-proto: http",
+        "x-forwarded-host: shop.example.com:8443",
+        "x-kept: yes",
+    ] {
+        assert!(seen.contains(kept), "{kept:?} missing:\n{seen}");
+    }
+
+    let (status, headers, _) = get(&client(), &weir.url("/hop")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers.contains_key("x-backend-public"));
+    for gone in ["x-backend-secret", "keep-alive", "proxy-authenticate"] {
+        assert!(!headers.contains_key(gone), "{gone} reached the client");
+    }
+}
+
+#[tokio::test]
+async fn deadline_before_the_head_answers_504_and_cancels_the_backend() {
+    let backend = spawn_backend().await;
+    let weir = spawn_weir(&upstream_toml(backend.addr, "request_timeout = \"200ms\"")).await;
+    let (status, headers, _) = get(&client(), &weir.url("/hang")).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(headers["x-weir-reject"], "deadline");
+    backend.stats.wait_cancelled(1).await;
+    let pool = weir.upstream("app").pool();
+    assert_eq!(pool.in_flight(), 0);
+    assert_eq!(pool.counters().rejected(Reason::Deadline), 1);
+    assert_eq!(
+        pool.counters().upstream_errors(UpstreamErrorKind::Timeout),
+        1
+    );
+}
+
+#[tokio::test]
+async fn deadline_after_the_head_cuts_the_response_off() {
+    let backend = spawn_backend().await;
+    let weir = spawn_weir(&upstream_toml(backend.addr, "request_timeout = \"300ms\"")).await;
+    let resp = within(
+        "the head",
+        client().request(
+            Request::get(weir.url("/head-then-hang"))
+                .body(Full::default())
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let first = within("the first chunk", body.frame())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        first.into_data().unwrap(),
+        Bytes::from_static(b"first chunk\n")
+    );
+    // Then the deadline fires: the body ends in an error, never a clean (truncated) end.
+    let end = within("the cut-off", body.frame()).await;
+    assert!(
+        matches!(end, Some(Err(_))),
+        "expected a broken body, got {end:?}"
+    );
+    backend.stats.wait_cancelled(1).await;
+    let pool = weir.upstream("app").pool();
+    until("the slot to be freed", || pool.in_flight() == 0).await;
+    assert_eq!(
+        pool.counters().upstream_errors(UpstreamErrorKind::Timeout),
+        1
+    );
+}
+
+#[tokio::test]
+async fn client_that_disconnects_in_flight_cancels_the_backend_request() {
+    let backend = spawn_backend().await;
+    let weir = spawn_weir(&upstream_toml(backend.addr, "max_concurrency = 1")).await;
+    let mut raw = TcpStream::connect(weir.addr).await.unwrap();
+    raw.write_all(b"GET /hang HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    backend.stats.wait_seen(1).await;
+    let pool = weir.upstream("app").pool();
+    assert_eq!(pool.in_flight(), 1);
+    drop(raw);
+    backend.stats.wait_cancelled(1).await;
+    until("the slot to be freed", || pool.in_flight() == 0).await;
+    assert_eq!(pool.counters().rejected(Reason::ClientGone), 1);
+    // The single slot is usable again.
+    assert_eq!(get(&client(), &weir.url("/")).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn refused_upstream_connection_answers_502() {
+    // Bind, learn the port, close: nothing listens there now.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let weir = spawn_weir(&upstream_toml(port, "")).await;
+    let (status, headers, body) = get(&client(), &weir.url("/")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(headers["x-weir-reject"], "upstream_connect");
+    assert_eq!(
+        &body[..],
+        b"upstream error\n",
+        "error bodies leak no internals"
+    );
+    let pool = weir.upstream("app").pool();
+    assert_eq!(
+        pool.counters().upstream_errors(UpstreamErrorKind::Connect),
+        1
+    );
+    assert_eq!(pool.in_flight(), 0);
+}
+
+#[tokio::test]
+async fn upstream_that_breaks_http_answers_502() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"this is not HTTP\r\n\r\n").await;
+            });
+        }
+    });
+    let weir = spawn_weir(&upstream_toml(addr, "")).await;
+    let (status, headers, _) = get(&client(), &weir.url("/")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(headers["x-weir-reject"], "upstream_protocol");
+}
+
+#[tokio::test]
+async fn h2c_clients_and_h2c_upstreams() {
+    let backend = spawn_backend().await;
+    let weir = spawn_weir(&format!(
+        "{}[[upstream]]\nname = \"grpc\"\naddr = \"{}\"\nprotocol = \"h2c\"\n\
+         [[route]]\npath_prefix = \"/h2/\"\nupstream = \"grpc\"\n[[route]]\nupstream = \"app\"\n",
+        upstream_toml(backend.addr, ""),
+        backend.addr
+    ))
+    .await;
+    // HTTP/2 prior knowledge from the client, HTTP/1.1 to the backend.
+    let (status, _, body) = get(&h2_client(), &weir.url("/headers")).await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = String::from_utf8(body.to_vec()).unwrap();
+    assert!(seen.contains(&format!("host: {}", weir.addr)), "{seen}");
+    // HTTP/1.1 from the client, h2c to the backend.
+    let (status, _, _) = get(&client(), &weir.url("/h2/x")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(weir.upstream("grpc").pool().in_flight(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_64_mib_body_streams_both_ways_without_being_buffered() {
+    const CHUNK: usize = 64 * 1024;
+    const TOTAL: usize = 64 * 1024 * 1024;
+    let backend = spawn_backend().await;
+    let weir = spawn_weir(&upstream_toml(backend.addr, "")).await;
+
+    let (tx, rx) = mpsc::channel::<Bytes>(1);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|b| (Ok::<_, std::io::Error>(Frame::data(b)), rx))
+    });
+    let client = Client::builder(TokioExecutor::new()).build_http::<StreamBody<_>>();
+    let req = Request::post(weir.url("/echo"))
+        .body(StreamBody::new(Box::pin(stream)))
+        .unwrap();
+    let response = tokio::spawn(async move { client.request(req).await });
+
+    // Lock-step for the first chunks: the next chunk is only sent once the previous one came
+    // back through weir and the backend. A proxy that buffered either body whole would deadlock
+    // here (and the test would time out).
+    let chunk = |i: usize| Bytes::from(vec![(i % 251) as u8; CHUNK]);
+    let chunk_sum = |i: usize| (i % 251) as u64 * CHUNK as u64;
+    tx.send(chunk(0)).await.unwrap();
+    let resp = within("the echo head", response).await.unwrap().unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    let (mut received, mut received_sum) = (0usize, 0u64);
+    let mut take = |data: Bytes| {
+        received += data.len();
+        received_sum += data.iter().map(|&b| b as u64).sum::<u64>();
+        received
+    };
+    for i in 1..8 {
+        let mut got = 0;
+        while got < i * CHUNK {
+            let frame = within("an echoed chunk", body.frame())
+                .await
+                .unwrap()
+                .unwrap();
+            got = take(frame.into_data().unwrap());
+        }
+        tx.send(chunk(i)).await.unwrap();
+    }
+    // Then the bulk, written concurrently with reading.
+    let writer = tokio::spawn(async move {
+        for i in 8..TOTAL / CHUNK {
+            tx.send(chunk(i)).await.unwrap();
+        }
+    });
+    while let Some(frame) = within("the rest of the echo", body.frame()).await {
+        take(frame.unwrap().into_data().unwrap());
+    }
+    writer.await.unwrap();
+    assert_eq!(received, TOTAL);
+    assert_eq!(received_sum, (0..TOTAL / CHUNK).map(chunk_sum).sum::<u64>());
+    assert_eq!(weir.upstream("app").pool().in_flight(), 0);
+}

@@ -1,0 +1,351 @@
+//! Shared test harness: a real backend, weir started through the library, and real clients.
+//! Readiness comes from binding before serving; waits are on events or on weir's own counters,
+//! each bounded by a deadline, never a fixed sleep.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, oneshot, watch};
+use tokio::task::JoinHandle;
+use weir::config::Config;
+use weir::forward::Upstream;
+use weir::{Options, Server};
+
+/// Upper bound for any single wait in a test: generous for a loaded 2-core machine.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Fails the test if `fut` takes longer than [`PATIENCE`].
+pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
+    match tokio::time::timeout(PATIENCE, fut).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out waiting for {what}"),
+    }
+}
+
+/// Polls `cond` (a read of weir's or the backend's own counters) until it holds.
+pub async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+    within(what, async {
+        while !cond() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    })
+    .await
+}
+
+/// What the backend observed, readable by tests.
+pub struct BackendStats {
+    /// Requests that reached a handler.
+    pub seen: watch::Sender<usize>,
+    /// Handlers (or response bodies) dropped before they finished: the backend saw a cancellation.
+    pub cancelled: watch::Sender<usize>,
+    current: AtomicUsize,
+    /// Highest number of requests in handlers at once.
+    pub peak: AtomicUsize,
+    /// `/gate` requests wait for a permit here.
+    pub gate: Semaphore,
+}
+
+impl Default for BackendStats {
+    fn default() -> Self {
+        BackendStats {
+            seen: watch::Sender::new(0),
+            cancelled: watch::Sender::new(0),
+            current: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            gate: Semaphore::new(0),
+        }
+    }
+}
+
+impl BackendStats {
+    pub fn seen(&self) -> usize {
+        *self.seen.borrow()
+    }
+    pub fn cancelled(&self) -> usize {
+        *self.cancelled.borrow()
+    }
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::SeqCst)
+    }
+    pub fn current(&self) -> usize {
+        self.current.load(Ordering::SeqCst)
+    }
+    pub async fn wait_seen(&self, n: usize) {
+        let mut rx = self.seen.subscribe();
+        within(
+            &format!("backend to see {n} requests"),
+            rx.wait_for(|v| *v >= n),
+        )
+        .await
+        .ok();
+    }
+    pub async fn wait_cancelled(&self, n: usize) {
+        let mut rx = self.cancelled.subscribe();
+        within(
+            &format!("backend to see {n} cancellations"),
+            rx.wait_for(|v| *v >= n),
+        )
+        .await
+        .ok();
+    }
+    /// Lets `n` waiting `/gate` requests answer.
+    pub fn open_gate(&self, n: usize) {
+        self.gate.add_permits(n);
+    }
+}
+
+/// Counts a request in the backend; dropping it before `done()` counts a cancellation.
+struct InHandler {
+    stats: Arc<BackendStats>,
+    done: bool,
+}
+
+impl InHandler {
+    fn enter(stats: &Arc<BackendStats>) -> InHandler {
+        let now = stats.current.fetch_add(1, Ordering::SeqCst) + 1;
+        stats.peak.fetch_max(now, Ordering::SeqCst);
+        stats.seen.send_modify(|v| *v += 1);
+        InHandler {
+            stats: Arc::clone(stats),
+            done: false,
+        }
+    }
+}
+
+impl Drop for InHandler {
+    fn drop(&mut self) {
+        self.stats.current.fetch_sub(1, Ordering::SeqCst);
+        if !self.done {
+            self.stats.cancelled.send_modify(|v| *v += 1);
+        }
+    }
+}
+
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub stats: Arc<BackendStats>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a backend (HTTP/1.1 and h2c) on 127.0.0.1:0. Routes:
+/// `/sleep/MS`, `/hang` (never answers), `/gate` (answers when the test opens the gate),
+/// `/echo` (streams the body back), `/headers` (lists the request headers), `/hop` (answers with
+/// hop-by-hop headers), `/head-then-hang` (sends a head and one chunk, then nothing),
+/// `/bytes/N` (N bytes), anything else: "ok".
+pub async fn spawn_backend() -> Backend {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stats = Arc::new(BackendStats::default());
+    let s = Arc::clone(&stats);
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let s = Arc::clone(&s);
+            tokio::spawn(async move {
+                let svc = service_fn(move |req| handle(Arc::clone(&s), req));
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    Backend { addr, stats, task }
+}
+
+fn text(body: impl Into<Bytes>) -> Response<TestBody> {
+    Response::new(Full::new(body.into()).map_err(|e| match e {}).boxed())
+}
+
+async fn handle(
+    stats: Arc<BackendStats>,
+    req: Request<Incoming>,
+) -> Result<Response<TestBody>, Infallible> {
+    let mut guard = InHandler::enter(&stats);
+    let path = req.uri().path().to_string();
+    if path == "/head-then-hang" {
+        // The body owns the guard: dropping it before the end counts a cancellation.
+        let stream = futures_util::stream::once(async {
+            Ok(Frame::data(Bytes::from_static(b"first chunk\n")))
+        })
+        .chain(futures_util::stream::pending())
+        .map(
+            move |frame: Result<Frame<Bytes>, Box<dyn std::error::Error + Send + Sync>>| {
+                let _ = &guard;
+                frame
+            },
+        );
+        return Ok(Response::new(BodyExt::boxed(StreamBody::new(stream))));
+    }
+    let response = if let Some(ms) = path.strip_prefix("/sleep/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        text("ok")
+    } else if let Some(n) = path.strip_prefix("/bytes/") {
+        text(vec![b'x'; n.parse().unwrap_or(0)])
+    } else {
+        match path.as_str() {
+            "/hang" => std::future::pending().await,
+            "/gate" => {
+                stats.gate.acquire().await.unwrap().forget();
+                text("ok")
+            }
+            "/echo" => Response::new(req.into_body().map_err(Into::into).boxed()),
+            "/headers" => text(render_headers(req.headers())),
+            "/hop" => {
+                let mut r = text("ok");
+                let h = r.headers_mut();
+                h.insert("connection", "x-backend-secret".parse().unwrap());
+                h.insert("x-backend-secret", "1".parse().unwrap());
+                h.insert("keep-alive", "timeout=5".parse().unwrap());
+                h.insert("proxy-authenticate", "Basic".parse().unwrap());
+                h.insert("x-backend-public", "1".parse().unwrap());
+                r
+            }
+            _ => text("ok"),
+        }
+    };
+    guard.done = true;
+    Ok(response)
+}
+
+fn render_headers(headers: &HeaderMap) -> String {
+    let mut lines: Vec<String> = headers
+        .iter()
+        .map(|(k, v)| format!("{}: {}", k, v.to_str().unwrap_or("<binary>")))
+        .collect();
+    lines.sort();
+    lines.join("\n") + "\n"
+}
+
+/// A running weir.
+pub struct Weir {
+    pub addr: SocketAddr,
+    server_upstreams: Vec<Arc<Upstream>>,
+    shutdown: Option<oneshot::Sender<()>>,
+    pub task: Option<JoinHandle<()>>,
+}
+
+impl Weir {
+    pub fn upstream(&self, name: &str) -> &Upstream {
+        self.server_upstreams
+            .iter()
+            .find(|u| u.name == name)
+            .expect("test names an upstream that exists")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Starts the graceful drain (what SIGTERM does).
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Drains and waits for weir to finish.
+    pub async fn stop(mut self) {
+        self.begin_shutdown();
+        if let Some(task) = self.task.take() {
+            within("weir to stop", task).await.unwrap();
+        }
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+/// The `[[upstream]]` block for the backend at `addr`, named "app", plus `extra` keys.
+pub fn upstream_toml(addr: SocketAddr, extra: &str) -> String {
+    format!("[[upstream]]\nname = \"app\"\naddr = \"{addr}\"\n{extra}\n")
+}
+
+/// Starts weir on 127.0.0.1:0 with `body` (upstreams, routes, top-level keys go first).
+pub async fn spawn_weir(body: &str) -> Weir {
+    spawn_weir_with(body, Options::default()).await
+}
+
+pub async fn spawn_weir_with(body: &str, options: Options) -> Weir {
+    let (top, rest): (Vec<&str>, Vec<&str>) =
+        body.lines().partition(|l| l.starts_with("drain_timeout"));
+    let text = format!(
+        "{}\n[[listener]]\nname = \"test\"\naddr = \"127.0.0.1:0\"\n{}",
+        top.join("\n"),
+        rest.join("\n")
+    );
+    let config = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let names: Vec<String> = config.upstreams.iter().map(|u| u.name.clone()).collect();
+    let server = Server::bind(config, options).await.unwrap();
+    let addr = server.local_addrs()[0].1;
+    let server_upstreams = names.iter().filter_map(|n| server.upstream(n)).collect();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(server.run(async move {
+        let _ = rx.await;
+    }));
+    Weir {
+        addr,
+        server_upstreams,
+        shutdown: Some(tx),
+        task: Some(task),
+    }
+}
+
+pub fn client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new()).build_http()
+}
+
+pub fn h2_client() -> Client<HttpConnector, Full<Bytes>> {
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build_http()
+}
+
+/// GET `url`; returns the status, headers and whole body.
+pub async fn get(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    url: &str,
+) -> (StatusCode, HeaderMap, Bytes) {
+    let req = Request::get(url).body(Full::default()).unwrap();
+    send(client, req).await
+}
+
+pub async fn send(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    req: Request<Full<Bytes>>,
+) -> (StatusCode, HeaderMap, Bytes) {
+    let resp = within("a response", client.request(req)).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let body = within("the body", body.collect()).await.unwrap().to_bytes();
+    (parts.status, parts.headers, body)
+}
