@@ -24,6 +24,7 @@ use tokio::sync::watch;
 const CLIENTS: usize = 1000;
 const SERVICE: Duration = Duration::from_millis(20);
 const QUEUE_TIMEOUT: Duration = Duration::from_millis(100);
+/// Rounds to run; `BENCH_ROUNDS` overrides (more rounds give a profiler more samples).
 const ROUNDS: usize = 3;
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
@@ -107,7 +108,11 @@ async fn main() {
         ms(QUEUE_TIMEOUT),
         ms(SERVICE)
     );
-    for round in 1..=ROUNDS {
+    let rounds = std::env::var("BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(ROUNDS);
+    for round in 1..=rounds {
         backend
             .stats
             .peak
