@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -22,6 +22,10 @@ const MAX_SHORT_DURATION: Duration = Duration::from_secs(3600);
 const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// Upper bound on `max_concurrency`: a slot is a backend request in flight; more than this is a typo.
 const MAX_CONCURRENCY: u64 = 100_000;
+/// Upper bound on `max_connections` per listener: far beyond what one process's file table holds.
+const MAX_CONNECTIONS: u64 = 10_000_000;
+/// Upper bound on HTTP/2 `max_concurrent_streams`.
+const MAX_STREAMS: u64 = 10_000;
 /// Upper bound on `max_queue`: each queued request holds a connection and its head in memory.
 const MAX_QUEUE: u64 = 1_000_000;
 
@@ -36,12 +40,47 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
 }
 
-/// One traffic listener.
+/// One traffic listener and the limits that protect weir from its clients.
 #[derive(Debug, Clone)]
 pub struct ListenerConfig {
     /// Used in logs (and metric labels later), so operators can tell listeners apart.
     pub name: String,
     pub addr: SocketAddr,
+    /// Terminate TLS with these files; plain HTTP when absent.
+    pub tls: Option<TlsFiles>,
+    /// Open client connections allowed at once; the next one is closed at once.
+    pub max_connections: usize,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// A TLS handshake must complete within this.
+    pub tls_handshake_timeout: Duration,
+    /// A request head must arrive completely within this, from the connection's start or from the
+    /// first byte of a keep-alive request.
+    pub header_timeout: Duration,
+    /// A request body that makes no progress for this long is abandoned (408).
+    pub body_timeout: Duration,
+    /// A client that accepts no response bytes for this long is disconnected.
+    pub write_timeout: Duration,
+    /// A connection with no request in progress is closed after this long.
+    pub idle_timeout: Duration,
+    /// HTTP/2 keep-alive ping interval; a ping unanswered for as long closes the connection.
+    pub http2_keepalive_interval: Duration,
+    /// Largest request head (HTTP/1) or header list (HTTP/2); larger heads get 431.
+    pub max_header_bytes: usize,
+    /// Largest request body; larger ones get 413 (announced) or are cut off (chunked).
+    pub max_body_bytes: Option<u64>,
+}
+
+/// Certificate files of a TLS listener. Relative paths are resolved against the directory of the
+/// configuration file by [`Config::load`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM: the server certificate first, then any intermediates.
+    pub cert: PathBuf,
+    /// PEM: PKCS#8, RSA (PKCS#1) or EC (SEC1) private key.
+    pub key: PathBuf,
+    /// PEM: CAs whose client certificates are accepted; set to require client certificates (mTLS).
+    pub client_ca: Option<PathBuf>,
 }
 
 /// How weir speaks to a backend.
@@ -152,10 +191,22 @@ impl Config {
                 location: None,
             }],
         })?;
-        Config::from_toml_str(&text).map_err(|mut e| {
+        let mut config = Config::from_toml_str(&text).map_err(|mut e| {
             e.file = Some(file);
             e
-        })
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        for tls in config.listeners.iter_mut().filter_map(|l| l.tls.as_mut()) {
+            for p in [&mut tls.cert, &mut tls.key]
+                .into_iter()
+                .chain(tls.client_ca.as_mut())
+            {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
+        Ok(config)
     }
 
     /// Parses and validates configuration text. Pure: touches no file, socket or environment.
@@ -198,6 +249,25 @@ fn parse(text: &str) -> Result<RawConfig, Problem> {
     })
 }
 
+/// Parses "1024", "64KiB", "1 MiB", "500kB", "2GB" (binary units for KiB/MiB/GiB, decimal for kB/MB/GB).
+fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "kB" | "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(mult)
+}
+
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
@@ -227,6 +297,33 @@ struct RawConfig {
 struct RawListener {
     name: String,
     addr: String,
+    tls: Option<RawTls>,
+    max_connections: Option<i64>,
+    max_concurrent_streams: Option<i64>,
+    tls_handshake_timeout: Option<String>,
+    header_timeout: Option<String>,
+    body_timeout: Option<String>,
+    write_timeout: Option<String>,
+    idle_timeout: Option<String>,
+    http2_keepalive_interval: Option<String>,
+    max_header_bytes: Option<RawSize>,
+    max_body_bytes: Option<RawSize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+}
+
+/// A byte size: an integer, or a string with a unit ("64KiB", "1 MiB", "500kB").
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RawSize {
+    Bytes(i64),
+    Text(String),
 }
 
 #[derive(Deserialize)]
@@ -266,6 +363,15 @@ pub mod defaults {
     pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
     pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
     pub const RETRY_AFTER: Duration = Duration::from_secs(1);
+    pub const MAX_CONNECTIONS: usize = 10_000;
+    pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+    pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+    pub const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+    pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 }
 
 #[derive(Default)]
@@ -377,7 +483,120 @@ impl Validator {
             );
             SocketAddr::from(([0, 0, 0, 0], 0))
         });
-        ListenerConfig { name, addr }
+        let at = |key: &str| format!("listener[{i}].{key}");
+        let short = |v: &mut Self, key: &str, raw: Option<String>, default| {
+            v.duration(&at(key), raw.as_deref(), default, MAX_SHORT_DURATION)
+        };
+        let tls_handshake_timeout = short(
+            self,
+            "tls_handshake_timeout",
+            raw.tls_handshake_timeout,
+            defaults::TLS_HANDSHAKE_TIMEOUT,
+        );
+        let header_timeout = short(
+            self,
+            "header_timeout",
+            raw.header_timeout,
+            defaults::HEADER_TIMEOUT,
+        );
+        let body_timeout = short(
+            self,
+            "body_timeout",
+            raw.body_timeout,
+            defaults::BODY_TIMEOUT,
+        );
+        let write_timeout = short(
+            self,
+            "write_timeout",
+            raw.write_timeout,
+            defaults::WRITE_TIMEOUT,
+        );
+        let idle_timeout = short(
+            self,
+            "idle_timeout",
+            raw.idle_timeout,
+            defaults::IDLE_TIMEOUT,
+        );
+        let http2_keepalive_interval = short(
+            self,
+            "http2_keepalive_interval",
+            raw.http2_keepalive_interval,
+            defaults::HTTP2_KEEPALIVE_INTERVAL,
+        );
+        let max_connections = self.count(
+            at("max_connections"),
+            raw.max_connections,
+            defaults::MAX_CONNECTIONS,
+            1,
+            MAX_CONNECTIONS,
+        );
+        let max_concurrent_streams = self.count(
+            at("max_concurrent_streams"),
+            raw.max_concurrent_streams,
+            defaults::MAX_CONCURRENT_STREAMS as usize,
+            1,
+            MAX_STREAMS,
+        ) as u32;
+        // hyper's HTTP/1 read buffer cannot be smaller than 8 KiB.
+        let max_header_bytes = self
+            .size(
+                at("max_header_bytes"),
+                raw.max_header_bytes,
+                8 * 1024,
+                1024 * 1024,
+            )
+            .map_or(defaults::MAX_HEADER_BYTES, |n| n as usize);
+        let max_body_bytes = self.size(at("max_body_bytes"), raw.max_body_bytes, 1, u64::MAX >> 1);
+        let tls = raw.tls.map(|t| TlsFiles {
+            cert: t.cert,
+            key: t.key,
+            client_ca: t.client_ca,
+        });
+        ListenerConfig {
+            name,
+            addr,
+            tls,
+            max_connections,
+            max_concurrent_streams,
+            tls_handshake_timeout,
+            header_timeout,
+            body_timeout,
+            write_timeout,
+            idle_timeout,
+            http2_keepalive_interval,
+            max_header_bytes,
+            max_body_bytes,
+        }
+    }
+
+    /// A byte size within `min..=max`, or `None` when absent or invalid (invalid is reported).
+    fn size(&mut self, path: String, raw: Option<RawSize>, min: u64, max: u64) -> Option<u64> {
+        let text = match raw? {
+            RawSize::Bytes(n) if n >= 0 => return self.size_in_range(path, n as u64, min, max),
+            RawSize::Bytes(n) => n.to_string(),
+            RawSize::Text(t) => t,
+        };
+        match parse_size(&text) {
+            Some(n) => self.size_in_range(path, n, min, max),
+            None => {
+                self.problem(
+                    path,
+                    format!("{text:?} is not a size: write bytes as an integer, or a number and a unit such as \"64KiB\", \"1MiB\" or \"500kB\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn size_in_range(&mut self, path: String, n: u64, min: u64, max: u64) -> Option<u64> {
+        if n < min || n > max {
+            self.problem(
+                path,
+                format!("{n} bytes is out of range: must be from {min} to {max}"),
+            );
+            return None;
+        }
+        Some(n)
     }
 
     fn upstream(&mut self, i: usize, raw: RawUpstream) -> UpstreamConfig {

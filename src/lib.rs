@@ -25,6 +25,7 @@ pub mod error;
 pub mod forward;
 pub mod proxy;
 pub mod shutdown;
+pub mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;
