@@ -17,6 +17,9 @@ use tokio::time::Sleep;
 
 use crate::admission::Permit;
 use crate::error::{Reason, UpstreamErrorKind};
+use crate::stats::{ClientTimeout, ListenerInfo, SizeLimit};
+use std::sync::Arc;
+use tokio::time::Instant;
 
 /// Why a streamed response was cut off. hyper answers it by closing the HTTP/1 connection or
 /// resetting the HTTP/2 stream, so the client never mistakes a truncated body for a whole one.
@@ -158,5 +161,103 @@ impl Body for ResponseBody {
             }
             ResponseBody::Upstream { inner, .. } => inner.size_hint(),
         }
+    }
+}
+
+/// Why a request body could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    #[error("the request body made no progress for body_timeout")]
+    Timeout,
+    #[error("the request body exceeds max_body_bytes")]
+    TooLarge,
+    #[error("reading the request body from the client failed")]
+    Client(#[source] hyper::Error),
+}
+
+/// The client's request body on its way to the backend, under the listener's `body_timeout`
+/// (no progress) and `max_body_bytes` (running total).
+pub struct RequestBody {
+    inner: Incoming,
+    /// Created the first time the body has to wait: a body that is already buffered never needs
+    /// one. Re-armed lazily from `last_progress`, not on every frame.
+    timer: Option<Pin<Box<Sleep>>>,
+    listener: Arc<ListenerInfo>,
+    last_progress: Instant,
+    received: u64,
+    limit: u64,
+    failed: bool,
+}
+
+impl RequestBody {
+    pub fn new(inner: Incoming, listener: &Arc<ListenerInfo>) -> RequestBody {
+        RequestBody {
+            inner,
+            timer: None,
+            listener: Arc::clone(listener),
+            last_progress: Instant::now(),
+            received: 0,
+            limit: listener.max_body_bytes.unwrap_or(u64::MAX),
+            failed: false,
+        }
+    }
+}
+
+impl Body for RequestBody {
+    type Data = Bytes;
+    type Error = RequestBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        let this = self.get_mut();
+        if this.failed {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.received += data.len() as u64;
+                    if this.received > this.limit {
+                        this.failed = true;
+                        this.listener.counters.limit(SizeLimit::BodyBytes);
+                        return Poll::Ready(Some(Err(RequestBodyError::TooLarge)));
+                    }
+                    this.last_progress = Instant::now();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.failed = true;
+                Poll::Ready(Some(Err(RequestBodyError::Client(e))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let due = this.last_progress + this.listener.body_timeout;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+                loop {
+                    ready!(timer.as_mut().poll(cx));
+                    let due = this.last_progress + this.listener.body_timeout;
+                    if Instant::now() >= due {
+                        this.failed = true;
+                        this.listener.counters.timeout(ClientTimeout::Body);
+                        return Poll::Ready(Some(Err(RequestBodyError::Timeout)));
+                    }
+                    // Bytes came since the timer was set: move it and wait again.
+                    timer.as_mut().reset(due);
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.failed || self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }

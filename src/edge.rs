@@ -1,20 +1,34 @@
-//! The traffic side of a listener: the accept loop, and one hyper server (HTTP/1.1 and h2c on the
-//! same port) per connection, watched for graceful drain.
+//! The traffic side of a listener: the accept loop with its connection cap, TLS handshakes under a
+//! deadline, and one hyper server (HTTP/1.1 and HTTP/2 on the same port) per connection, running
+//! on a [`GuardedIo`] and watched for graceful drain.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+use pin_project_lite::pin_project;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
+use crate::body::ResponseBody;
+use crate::config::ListenerConfig;
 use crate::forward::ClientInfo;
 use crate::proxy::Proxy;
+use crate::stats::{ClientTimeout, ConnReject, ListenerInfo, SizeLimit};
+use crate::tls::Tls;
+use crate::watchdog::GuardedIo;
 
 /// Longest pause after a failing `accept` (EMFILE, ENFILE, ENOBUFS): long enough that a full file
 /// table does not spin a core, short enough that service resumes soon after descriptors free up.
@@ -22,29 +36,120 @@ const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
 /// One bound listener and what its connections are served with.
 pub struct Edge {
-    pub name: Arc<str>,
     listener: TcpListener,
+    info: Arc<ListenerInfo>,
+    tls: Option<Tls>,
     proxy: Arc<Proxy>,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    /// One permit per allowed open connection (`max_connections`).
+    slots: Arc<Semaphore>,
+    tls_handshake_timeout: Duration,
 }
 
-/// Per-connection state shared by that connection's requests.
-struct Conn {
-    proxy: Arc<Proxy>,
-    client: ClientInfo,
+/// Per-connection state shared by the connection's requests and its [`GuardedIo`].
+pub struct Conn {
+    pub proxy: Arc<Proxy>,
+    pub client: ClientInfo,
+    /// Requests whose response has not finished: non-zero means the connection is not idle.
+    in_progress: AtomicUsize,
+}
+
+impl Conn {
+    pub fn in_progress(&self) -> usize {
+        self.in_progress.load(Ordering::Acquire)
+    }
+}
+
+/// A request in progress on its connection, from the moment hyper hands it over until its response
+/// body is finished or dropped.
+pub struct InProgress(Arc<Conn>);
+
+impl InProgress {
+    fn new(conn: Arc<Conn>) -> InProgress {
+        conn.in_progress.fetch_add(1, Ordering::AcqRel);
+        InProgress(conn)
+    }
+}
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.in_progress.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pin_project! {
+    /// A response body that keeps its request counted as in progress until it is done.
+    pub struct Tracked {
+        #[pin]
+        body: ResponseBody,
+        _request: InProgress,
+    }
+}
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = crate::body::BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        self.project().body.poll_frame(cx)
+    }
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
 }
 
 impl Edge {
-    pub fn new(name: &str, listener: TcpListener, proxy: Arc<Proxy>) -> Edge {
+    pub fn new(
+        config: &ListenerConfig,
+        tls: Option<Tls>,
+        listener: TcpListener,
+        proxy: Arc<Proxy>,
+    ) -> Edge {
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new()).keep_alive(true);
-        builder.http2().timer(TokioTimer::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            // GuardedIo enforces header_timeout and idle_timeout (see watchdog.rs).
+            .header_read_timeout(None)
+            .max_buf_size(config.max_header_bytes.max(8 * 1024));
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(config.max_concurrent_streams)
+            .max_header_list_size(config.max_header_bytes as u32)
+            .keep_alive_interval(Some(config.http2_keepalive_interval))
+            .keep_alive_timeout(config.http2_keepalive_interval)
+            // Rapid reset (CVE-2023-44487): at most this many streams reset by the client before
+            // hyper has accepted them; more is a GOAWAY.
+            .max_pending_accept_reset_streams(Some(20));
         Edge {
-            name: name.into(),
             listener,
+            info: Arc::new(ListenerInfo::new(config)),
+            tls,
             proxy,
             builder: Arc::new(builder),
+            slots: Arc::new(Semaphore::new(config.max_connections)),
+            tls_handshake_timeout: config.tls_handshake_timeout,
         }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.info.name
+    }
+
+    pub fn info(&self) -> Arc<ListenerInfo> {
+        Arc::clone(&self.info)
+    }
+
+    pub fn tls(&self) -> Option<&Tls> {
+        self.tls.as_ref()
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -69,13 +174,20 @@ impl Edge {
             match accepted {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(5);
-                    self.spawn_connection(stream, peer, &graceful, &abort);
+                    match Arc::clone(&self.slots).try_acquire_owned() {
+                        Ok(slot) => self.spawn_connection(stream, peer, slot, &graceful, &abort),
+                        Err(_) => {
+                            // Closed at once: the client sees the connection end, not a hang.
+                            self.info.counters.reject(ConnReject::Limit);
+                            drop(stream);
+                        }
+                    }
                 }
                 Err(e) if is_connection_error(&e) => {
-                    tracing::debug!(listener = %self.name, error = %e, "accept: connection failed");
+                    tracing::debug!(listener = %self.info.name, error = %e, "accept: connection failed");
                 }
                 Err(e) => {
-                    tracing::warn!(listener = %self.name, error = %e, backoff = ?backoff, "accept failed; backing off");
+                    tracing::warn!(listener = %self.info.name, error = %e, backoff = ?backoff, "accept failed; backing off");
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(backoff) => {}
@@ -90,6 +202,7 @@ impl Edge {
         &self,
         stream: TcpStream,
         peer: SocketAddr,
+        slot: OwnedSemaphorePermit,
         graceful: &GracefulShutdown,
         abort: &CancellationToken,
     ) {
@@ -98,29 +211,85 @@ impl Edge {
         }
         let conn = Arc::new(Conn {
             proxy: Arc::clone(&self.proxy),
-            client: ClientInfo::new(peer, false),
+            client: ClientInfo::new(peer, self.tls.is_some(), Arc::clone(&self.info)),
+            in_progress: AtomicUsize::new(0),
         });
         let builder = Arc::clone(&self.builder);
         let watcher = graceful.watcher();
         let abort = abort.clone();
-        let listener = Arc::clone(&self.name);
+        let tls = self.tls.as_ref().map(|t| t.acceptor.clone());
+        let handshake_timeout = self.tls_handshake_timeout;
         tokio::spawn(async move {
-            let service = service_fn(move |req| {
-                let conn = Arc::clone(&conn);
-                async move { Ok::<_, Infallible>(conn.proxy.handle(req, &conn.client).await) }
-            });
-            let connection = builder.serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                result = watcher.watch(connection) => {
-                    if let Err(e) = result {
-                        tracing::debug!(listener = %listener, peer = %peer, error = %e, "connection ended with an error");
+            let _slot = slot;
+            let info = Arc::clone(&conn.client.listener);
+            let _open = info.counters.open();
+            let served = async {
+                match tls {
+                    None => serve(&builder, watcher, stream, None, conn).await,
+                    Some(acceptor) => {
+                        let stream = match tokio::time::timeout(
+                            handshake_timeout,
+                            acceptor.accept(stream),
+                        )
+                        .await
+                        {
+                            Ok(Ok(stream)) => stream,
+                            Ok(Err(e)) => {
+                                info.counters.reject(ConnReject::TlsHandshake);
+                                tracing::debug!(listener = %info.name, peer = %peer, error = %e, "TLS handshake failed");
+                                return;
+                            }
+                            Err(_) => {
+                                info.counters.timeout(ClientTimeout::TlsHandshake);
+                                tracing::debug!(listener = %info.name, peer = %peer, "TLS handshake timed out");
+                                return;
+                            }
+                        };
+                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                        serve(&builder, watcher, stream, Some(h2), conn).await
                     }
                 }
+            };
+            tokio::select! {
+                _ = served => {}
                 _ = abort.cancelled() => {
-                    tracing::debug!(listener = %listener, peer = %peer, "connection aborted: drain_timeout expired");
+                    tracing::debug!(listener = %info.name, peer = %peer, "connection aborted: drain_timeout expired");
                 }
             }
         });
+    }
+}
+
+/// Serves HTTP on one connection until it ends.
+async fn serve<S>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    stream: S,
+    h2: Option<bool>,
+    conn: Arc<Conn>,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let info = Arc::clone(&conn.client.listener);
+    let io = TokioIo::new(GuardedIo::new(stream, Arc::clone(&conn), h2));
+    let service = service_fn(move |req| {
+        let request = InProgress::new(Arc::clone(&conn));
+        async move {
+            let response = request.0.proxy.handle(req, &request.0.client).await;
+            Ok::<_, Infallible>(response.map(|body| Tracked {
+                body,
+                _request: request,
+            }))
+        }
+    });
+    if let Err(e) = watcher.watch(builder.serve_connection(io, service)).await {
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse_too_large)
+        {
+            // hyper has answered 431 already.
+            info.counters.limit(SizeLimit::HeaderBytes);
+        }
+        tracing::debug!(listener = %info.name, error = %e, "connection ended with an error");
     }
 }
 

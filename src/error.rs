@@ -32,6 +32,12 @@ pub enum ProxyError {
     UpstreamProtocol(#[source] BoxError),
     #[error("the request cannot be forwarded: {0}")]
     BadRequest(&'static str),
+    #[error("the request body made no progress for body_timeout")]
+    BodyTimeout,
+    #[error("the request body exceeds max_body_bytes")]
+    BodyTooLarge,
+    #[error("the client's request body broke off")]
+    ClientBody(#[source] BoxError),
     #[error("internal error (a panic) while handling the request")]
     Internal,
 }
@@ -51,11 +57,15 @@ pub enum Reason {
     UpstreamProtocol,
     NoRoute,
     BadRequest,
+    /// The request body stalled for `body_timeout` (408).
+    BodyTimeout,
+    /// The request body is larger than `max_body_bytes` (413).
+    BodyTooLarge,
     Internal,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 12] = [
         Reason::QueueFull,
         Reason::QueueTimeout,
         Reason::Deadline,
@@ -65,6 +75,8 @@ impl Reason {
         Reason::UpstreamProtocol,
         Reason::NoRoute,
         Reason::BadRequest,
+        Reason::BodyTimeout,
+        Reason::BodyTooLarge,
         Reason::Internal,
     ];
 
@@ -79,6 +91,8 @@ impl Reason {
             Reason::UpstreamProtocol => "upstream_protocol",
             Reason::NoRoute => "no_route",
             Reason::BadRequest => "bad_request",
+            Reason::BodyTimeout => "body_timeout",
+            Reason::BodyTooLarge => "body_too_large",
             Reason::Internal => "internal",
         }
     }
@@ -150,6 +164,9 @@ impl ProxyError {
             ProxyError::UpstreamReset(_) => Reason::UpstreamReset,
             ProxyError::UpstreamProtocol(_) => Reason::UpstreamProtocol,
             ProxyError::BadRequest(_) => Reason::BadRequest,
+            ProxyError::BodyTimeout => Reason::BodyTimeout,
+            ProxyError::BodyTooLarge => Reason::BodyTooLarge,
+            ProxyError::ClientBody(_) => Reason::ClientGone,
             ProxyError::Internal => Reason::Internal,
         }
     }
@@ -175,7 +192,11 @@ impl ProxyError {
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamReset(_)
             | ProxyError::UpstreamProtocol(_) => (StatusCode::BAD_GATEWAY, "upstream error\n"),
-            ProxyError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad request\n"),
+            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => {
+                (StatusCode::BAD_REQUEST, "bad request\n")
+            }
+            ProxyError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "request body timed out\n"),
+            ProxyError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
             ProxyError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
         }
     }
@@ -229,6 +250,9 @@ mod tests {
             (ProxyError::UpstreamReset(io()), 502),
             (ProxyError::UpstreamProtocol(io()), 502),
             (ProxyError::BadRequest("x"), 400),
+            (ProxyError::BodyTimeout, 408),
+            (ProxyError::BodyTooLarge, 413),
+            (ProxyError::ClientBody(io()), 400),
             (ProxyError::Internal, 500),
         ];
         for (err, status) in table {

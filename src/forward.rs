@@ -14,9 +14,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::admission::{Pool, Rejected};
-use crate::body::ResponseBody;
+use crate::body::{RequestBody, RequestBodyError, ResponseBody};
 use crate::config::{Protocol, UpstreamConfig};
 use crate::error::{BoxError, ProxyError};
+use crate::stats::ListenerInfo;
 
 /// Called after a request is admitted and before it is forwarded. Tests use it to inject faults
 /// (a panic) at the point where a slot is held; production runs have none.
@@ -29,14 +30,17 @@ pub struct ClientInfo {
     pub forwarded_for: HeaderValue,
     /// `http` or `https`, sent as `X-Forwarded-Proto`.
     pub proto: HeaderValue,
+    /// The listener the connection came in on: its body limits and counters.
+    pub listener: Arc<ListenerInfo>,
 }
 
 impl ClientInfo {
-    pub fn new(peer: std::net::SocketAddr, tls: bool) -> ClientInfo {
+    pub fn new(peer: std::net::SocketAddr, tls: bool, listener: Arc<ListenerInfo>) -> ClientInfo {
         ClientInfo {
             forwarded_for: HeaderValue::try_from(peer.ip().to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
+            listener,
         }
     }
 }
@@ -45,7 +49,7 @@ impl ClientInfo {
 pub struct Upstream {
     pub name: String,
     pool: Arc<Pool>,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, RequestBody>,
     authority: Authority,
     protocol: Protocol,
     request_timeout: Duration,
@@ -132,7 +136,7 @@ impl Upstream {
         &self,
         req: Request<Incoming>,
         client: &ClientInfo,
-    ) -> Result<Request<Incoming>, ProxyError> {
+    ) -> Result<Request<RequestBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         if parts.method == Method::CONNECT {
             return Err(ProxyError::BadRequest("CONNECT is not supported"));
@@ -179,7 +183,10 @@ impl Upstream {
             .path_and_query(path)
             .build()
             .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
-        Ok(Request::from_parts(parts, body))
+        Ok(Request::from_parts(
+            parts,
+            RequestBody::new(body, &client.listener),
+        ))
     }
 }
 
@@ -248,18 +255,23 @@ fn classify(err: hyper_util::client::legacy::Error) -> ProxyError {
     if err.is_connect() {
         return ProxyError::UpstreamConnect(Box::new(err));
     }
-    let protocol = {
-        let mut source = std::error::Error::source(&err);
-        let mut found = false;
-        while let Some(e) = source {
-            if let Some(h) = e.downcast_ref::<hyper::Error>() {
-                found = h.is_parse() || h.is_parse_status() || h.is_user();
-                break;
-            }
-            source = e.source();
+    // The client's side of the exchange (its request body) is checked first: a stalled or
+    // oversized upload is the client's doing, not the backend's.
+    let mut protocol = false;
+    let mut source = std::error::Error::source(&err);
+    while let Some(e) = source {
+        if let Some(body) = e.downcast_ref::<RequestBodyError>() {
+            return match body {
+                RequestBodyError::Timeout => ProxyError::BodyTimeout,
+                RequestBodyError::TooLarge => ProxyError::BodyTooLarge,
+                RequestBodyError::Client(_) => ProxyError::ClientBody(Box::new(err)),
+            };
         }
-        found
-    };
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            protocol |= h.is_parse() || h.is_parse_status();
+        }
+        source = e.source();
+    }
     let err: BoxError = Box::new(err);
     if protocol {
         ProxyError::UpstreamProtocol(err)

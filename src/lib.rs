@@ -13,7 +13,10 @@
 //! - [`body`]: the response body that holds the slot while the backend streams.
 //! - [`proxy`]: routing, and turning every outcome (panics included) into an answer.
 //! - [`error`]: request-path errors, their counters, and the single error -> status table.
-//! - [`edge`]: accept loop and per-connection hyper server (HTTP/1.1 + h2c).
+//! - [`edge`]: accept loop, connection cap, TLS handshake, per-connection hyper server.
+//! - [`watchdog`]: slow-client deadlines (head, idle, write) enforced on the connection's bytes.
+//! - [`tls`]: PEM files -> rustls config, with certificate reload.
+//! - [`stats`]: per-listener limits and counters.
 //! - [`shutdown`]: SIGTERM/SIGINT handling.
 #![forbid(unsafe_code)]
 
@@ -25,7 +28,9 @@ pub mod error;
 pub mod forward;
 pub mod proxy;
 pub mod shutdown;
+pub mod stats;
 pub mod tls;
+pub mod watchdog;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -44,6 +49,12 @@ use crate::proxy::Proxy;
 /// A failure to start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
+    #[error("listener {name:?}: {source}")]
+    Tls {
+        name: String,
+        #[source]
+        source: tls::TlsError,
+    },
     #[error("listener {name:?}: cannot bind {addr}: {source}")]
     Bind {
         name: String,
@@ -68,11 +79,13 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds every listener. Nothing is served until [`Server::run`].
+    /// Loads every TLS certificate, then binds every listener. Nothing is served until
+    /// [`Server::run`].
     pub async fn bind(config: Config, options: Options) -> Result<Server, StartError> {
         let proxy = Arc::new(Proxy::new(&config, options.request_hook));
+        let tls = load_tls(&config)?;
         let mut edges = Vec::with_capacity(config.listeners.len());
-        for l in &config.listeners {
+        for (l, tls) in config.listeners.iter().zip(tls) {
             let listener = TcpListener::bind(l.addr)
                 .await
                 .map_err(|source| StartError::Bind {
@@ -80,7 +93,7 @@ impl Server {
                     addr: l.addr,
                     source,
                 })?;
-            edges.push(Edge::new(&l.name, listener, Arc::clone(&proxy)));
+            edges.push(Edge::new(l, tls, listener, Arc::clone(&proxy)));
         }
         Ok(Server {
             config,
@@ -93,7 +106,7 @@ impl Server {
     pub fn local_addrs(&self) -> Vec<(String, SocketAddr)> {
         self.edges
             .iter()
-            .filter_map(|e| Some((e.name.to_string(), e.local_addr().ok()?)))
+            .filter_map(|e| Some((e.name().to_string(), e.local_addr().ok()?)))
             .collect()
     }
 
@@ -104,6 +117,22 @@ impl Server {
             .iter()
             .find(|u| u.name == name)
             .cloned()
+    }
+
+    /// The listener named `name`, to read its connection and timeout counters.
+    pub fn listener(&self, name: &str) -> Option<Arc<stats::ListenerInfo>> {
+        self.edges.iter().find(|e| e.name() == name).map(Edge::info)
+    }
+
+    /// A handle that reloads the TLS certificates of every TLS listener (what SIGHUP does).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            tls: self
+                .edges
+                .iter()
+                .filter_map(|e| Some((e.name().to_string(), e.tls()?.clone())))
+                .collect(),
+        }
     }
 
     /// Serves until `shutdown` resolves, then stops accepting (new connections are refused), lets
@@ -146,6 +175,53 @@ impl Server {
             out.push(format!("{name}={addr}"));
         }
         out.join(", ")
+    }
+}
+
+/// Loads the TLS files of every listener, so that a bad file stops startup before any port is bound.
+pub fn load_tls(config: &Config) -> Result<Vec<Option<tls::Tls>>, StartError> {
+    config
+        .listeners
+        .iter()
+        .map(|l| {
+            l.tls
+                .as_ref()
+                .map(tls::Tls::load)
+                .transpose()
+                .map_err(|source| StartError::Tls {
+                    name: l.name.clone(),
+                    source,
+                })
+        })
+        .collect()
+}
+
+/// Reloads TLS certificates while weir runs.
+#[derive(Clone, Default)]
+pub struct Reloader {
+    tls: Vec<(String, tls::Tls)>,
+}
+
+impl Reloader {
+    /// Re-reads every TLS listener's certificate and key. A listener whose new pair is bad keeps
+    /// its current one; every failure is logged and returned.
+    pub fn reload_tls(&self) -> Vec<StartError> {
+        let mut errors = Vec::new();
+        for (name, tls) in &self.tls {
+            match tls.reload() {
+                Ok(()) => {
+                    tracing::info!(listener = %name, cert = %tls.files().cert.display(), "TLS certificate reloaded")
+                }
+                Err(source) => {
+                    tracing::error!(listener = %name, error = %source, "TLS reload refused; the current certificate stays in service");
+                    errors.push(StartError::Tls {
+                        name: name.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        errors
     }
 }
 

@@ -51,6 +51,11 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    // Certificates are part of the configuration: a bad one is refused before any port is bound.
+    if let Err(e) = weir::load_tls(&config) {
+        eprintln!("weir: invalid configuration: {}: {e}", path.display());
+        return ExitCode::from(1);
+    }
     if let Some(Command::Check) = cli.command {
         println!("{}: configuration is valid", path.display());
         return ExitCode::SUCCESS;
@@ -74,15 +79,19 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        match weir::run(config, shutdown).await {
-            Ok(()) => {
-                tracing::info!("weir stopped");
-                ExitCode::SUCCESS
-            }
+        let server = match weir::Server::bind(config, weir::Options::default()).await {
+            Ok(server) => server,
             Err(e) => {
                 eprintln!("weir: {e}");
-                ExitCode::from(1)
+                return ExitCode::from(1);
             }
+        };
+        if let Err(e) = weir::shutdown::on_reload(server.reloader()) {
+            eprintln!("weir: cannot install the SIGHUP handler: {e}");
+            return ExitCode::from(1);
         }
+        server.run(shutdown).await;
+        tracing::info!("weir stopped");
+        ExitCode::SUCCESS
     })
 }

@@ -13,6 +13,7 @@ use crate::body::ResponseBody;
 use crate::config::{Config, RouteConfig};
 use crate::error::{Counters, ProxyError, Reason};
 use crate::forward::{ClientInfo, RequestHook, Upstream};
+use crate::stats::SizeLimit;
 
 /// Everything the request path needs, shared by every connection.
 pub struct Proxy {
@@ -66,6 +67,12 @@ impl Proxy {
             return ProxyError::NoRoute.into_response(None, None);
         };
         let counters = upstream.pool().counters();
+        if let Some(limit) = client.listener.max_body_bytes {
+            if announced_length(&req).is_some_and(|n| n > limit) {
+                client.listener.counters.limit(SizeLimit::BodyBytes);
+                return ProxyError::BodyTooLarge.into_response(Some(counters), None);
+            }
+        }
         let gone = ClientGone::new(counters);
         let outcome = AssertUnwindSafe(upstream.forward(req, client, self.hook.as_ref()))
             .catch_unwind()
@@ -88,6 +95,16 @@ impl Proxy {
             }
         }
     }
+}
+
+/// The body length the client announced in Content-Length, if it did.
+fn announced_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
 }
 
 /// The host a request is for, without its port: the Host header, or the URI's authority.

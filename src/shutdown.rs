@@ -1,4 +1,5 @@
-//! Process signals: the first SIGTERM or SIGINT starts a graceful drain, a second one exits at once.
+//! Process signals: the first SIGTERM or SIGINT starts a graceful drain, a second one exits at once;
+//! SIGHUP reloads TLS certificates.
 
 use std::future::Future;
 
@@ -34,4 +35,17 @@ pub fn on_signals() -> std::io::Result<impl Future<Output = ()>> {
     Ok(async move {
         let _ = first_rx.await;
     })
+}
+
+/// Reloads TLS certificates on every SIGHUP, for as long as the process runs.
+pub fn on_reload(reloader: crate::Reloader) -> std::io::Result<()> {
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!(signal = "SIGHUP", "reloading TLS certificates");
+            // Each failure has been logged; the listeners keep serving their current pair.
+            let _ = reloader.reload_tls();
+        }
+    });
+    Ok(())
 }
