@@ -11,6 +11,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use http_body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -52,11 +53,19 @@ pub struct Conn {
     pub client: ClientInfo,
     /// Requests whose response has not finished: non-zero means the connection is not idle.
     in_progress: AtomicUsize,
+    /// The connection task, woken when its last request finishes so [`GuardedIo`] starts the
+    /// idle deadline: hyper may have polled the socket for the last time while still busy.
+    idle_waker: AtomicWaker,
 }
 
 impl Conn {
     pub fn in_progress(&self) -> usize {
         self.in_progress.load(Ordering::Acquire)
+    }
+
+    /// Asks to be woken when the connection becomes idle.
+    pub fn wake_when_idle(&self, waker: &std::task::Waker) {
+        self.idle_waker.register(waker);
     }
 }
 
@@ -73,7 +82,9 @@ impl InProgress {
 
 impl Drop for InProgress {
     fn drop(&mut self) {
-        self.0.in_progress.fetch_sub(1, Ordering::AcqRel);
+        if self.0.in_progress.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle_waker.wake();
+        }
     }
 }
 
@@ -213,6 +224,7 @@ impl Edge {
             proxy: Arc::clone(&self.proxy),
             client: ClientInfo::new(peer, self.tls.is_some(), Arc::clone(&self.info)),
             in_progress: AtomicUsize::new(0),
+            idle_waker: AtomicWaker::new(),
         });
         let builder = Arc::clone(&self.builder);
         let watcher = graceful.watcher();

@@ -88,10 +88,9 @@ enum Expired {
     Write,
 }
 
-impl<S: AsyncWrite> GuardedIo<S> {
-    /// Updates the phase from the requests in progress and checks the earliest deadline, arming
-    /// the timer (and so this task's wake-up) for it.
-    fn check(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Option<Expired> {
+impl<S> GuardedIo<S> {
+    /// Moves between *busy* and the other phases as requests start and finish.
+    fn sync_phase(self: Pin<&mut Self>) {
         let this = self.project();
         let busy = this.conn.in_progress() > 0;
         match (*this.phase, busy) {
@@ -103,11 +102,27 @@ impl<S: AsyncWrite> GuardedIo<S> {
             }
             _ => {}
         }
+    }
+}
+
+impl<S: AsyncWrite> GuardedIo<S> {
+    /// Updates the phase from the requests in progress and checks the earliest deadline, arming
+    /// the timer (and so this task's wake-up) for it.
+    fn check(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Option<Expired> {
+        self.as_mut().sync_phase();
+        let this = self.project();
         let limits = &this.conn.client.listener;
         let read_deadline = match this.phase {
             Phase::Head => Some(*this.since + limits.header_timeout),
             Phase::Idle => Some(*this.since + limits.idle_timeout),
-            Phase::Busy => None,
+            Phase::Busy => {
+                this.conn.wake_when_idle(cx.waker());
+                // The last request may have finished between the check and the registration.
+                if this.conn.in_progress() == 0 {
+                    cx.waker().wake_by_ref();
+                }
+                None
+            }
         };
         let write_deadline = this.write_stalled.map(|t| t + limits.write_timeout);
         let deadline = match (read_deadline, write_deadline) {
@@ -201,6 +216,9 @@ impl<S: AsyncRead + AsyncWrite> AsyncRead for GuardedIo<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let before = buf.filled().len();
+        // The previous response may have finished since the last read: bytes arriving now belong
+        // to the next request, whose head must be timed.
+        self.as_mut().sync_phase();
         let this = self.as_mut().project();
         match this.inner.poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {

@@ -153,7 +153,7 @@ impl Drop for Backend {
 
 /// Starts a backend (HTTP/1.1 and h2c) on 127.0.0.1:0. Routes:
 /// `/sleep/MS`, `/hang` (never answers), `/gate` (answers when the test opens the gate),
-/// `/echo` (streams the body back), `/headers` (lists the request headers), `/hop` (answers with
+/// `/echo` (streams the body back), `/consume` (reads the whole body, then answers its length), `/headers` (lists the request headers), `/hop` (answers with
 /// hop-by-hop headers), `/head-then-hang` (sends a head and one chunk, then nothing),
 /// `/bytes/N` (N bytes), anything else: "ok".
 pub async fn spawn_backend() -> Backend {
@@ -215,6 +215,10 @@ async fn handle(
                 text("ok")
             }
             "/echo" => Response::new(req.into_body().map_err(Into::into).boxed()),
+            "/consume" => match req.into_body().collect().await {
+                Ok(body) => text(format!("{}", body.to_bytes().len())),
+                Err(_) => return Ok(text("body failed")),
+            },
             "/headers" => text(render_headers(req.headers())),
             "/hop" => {
                 let mut r = text("ok");
@@ -245,6 +249,8 @@ fn render_headers(headers: &HeaderMap) -> String {
 /// A running weir.
 pub struct Weir {
     pub addr: SocketAddr,
+    listener: Arc<weir::stats::ListenerInfo>,
+    pub reloader: weir::Reloader,
     server_upstreams: Vec<Arc<Upstream>>,
     shutdown: Option<oneshot::Sender<()>>,
     pub task: Option<JoinHandle<()>>,
@@ -256,6 +262,10 @@ impl Weir {
             .iter()
             .find(|u| u.name == name)
             .expect("test names an upstream that exists")
+    }
+
+    pub fn listener(&self) -> Arc<weir::stats::ListenerInfo> {
+        Arc::clone(&self.listener)
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -297,10 +307,15 @@ pub async fn spawn_weir(body: &str) -> Weir {
 }
 
 pub async fn spawn_weir_with(body: &str, options: Options) -> Weir {
+    spawn_weir_on(body, "", options).await
+}
+
+/// Starts weir with `listener_keys` added to its `[[listener]]` block.
+pub async fn spawn_weir_on(body: &str, listener_keys: &str, options: Options) -> Weir {
     let (top, rest): (Vec<&str>, Vec<&str>) =
         body.lines().partition(|l| l.starts_with("drain_timeout"));
     let text = format!(
-        "{}\n[[listener]]\nname = \"test\"\naddr = \"127.0.0.1:0\"\n{}",
+        "{}\n[[listener]]\nname = \"test\"\naddr = \"127.0.0.1:0\"\n{listener_keys}\n{}",
         top.join("\n"),
         rest.join("\n")
     );
@@ -308,6 +323,8 @@ pub async fn spawn_weir_with(body: &str, options: Options) -> Weir {
     let names: Vec<String> = config.upstreams.iter().map(|u| u.name.clone()).collect();
     let server = Server::bind(config, options).await.unwrap();
     let addr = server.local_addrs()[0].1;
+    let listener = server.listener("test").expect("the test listener");
+    let reloader = server.reloader();
     let server_upstreams = names.iter().filter_map(|n| server.upstream(n)).collect();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(server.run(async move {
@@ -315,6 +332,8 @@ pub async fn spawn_weir_with(body: &str, options: Options) -> Weir {
     }));
     Weir {
         addr,
+        listener,
+        reloader,
         server_upstreams,
         shutdown: Some(tx),
         task: Some(task),

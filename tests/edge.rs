@@ -1,0 +1,329 @@
+//! The hardened edge over plain HTTP: slow-client deadlines, size limits, the connection cap and
+//! the HTTP/2 stream cap. A client that trickles keeps trickling for the whole test, so a deadline
+//! that progress could extend would make the test time out rather than pass.
+
+mod support;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use weir::Options;
+use weir::stats::{ClientTimeout, ConnReject, SizeLimit};
+
+use support::*;
+
+async fn weir_with(backend: &Backend, listener_keys: &str, upstream_keys: &str) -> Weir {
+    spawn_weir_on(
+        &upstream_toml(backend.addr, upstream_keys),
+        listener_keys,
+        Options::default(),
+    )
+    .await
+}
+
+/// Reads until the peer closes; returns what it sent. A reset counts as a close.
+async fn read_until_closed(stream: &mut TcpStream) -> String {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match within("the connection to close", stream.read(&mut buf)).await {
+            Ok(0) | Err(_) => return String::from_utf8_lossy(&all).into_owned(),
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Sends `bytes` one at a time, every 20 ms, until the peer stops taking them.
+fn trickle(
+    mut stream: tokio::net::tcp::OwnedWriteHalf,
+    bytes: &'static [u8],
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(20));
+        for b in bytes.iter().cycle() {
+            tick.tick().await;
+            if stream.write_all(&[*b]).await.is_err() {
+                return;
+            }
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_client_that_sends_nothing_is_closed_after_header_timeout() {
+    let backend = spawn_backend().await;
+    let weir = weir_with(&backend, "header_timeout = \"300ms\"", "").await;
+    let mut silent = TcpStream::connect(weir.addr).await.unwrap();
+    assert_eq!(
+        read_until_closed(&mut silent).await,
+        "",
+        "nothing is sent to a client that said nothing"
+    );
+    let info = weir.listener();
+    let counters = &info.counters;
+    assert_eq!(counters.timeouts(ClientTimeout::Header), 1);
+    assert_eq!(backend.stats.seen(), 0);
+}
+
+#[tokio::test]
+async fn a_slowloris_head_gets_408_and_is_closed() {
+    let backend = spawn_backend().await;
+    let weir = weir_with(&backend, "header_timeout = \"400ms\"", "").await;
+    let stream = TcpStream::connect(weir.addr).await.unwrap();
+    let (mut read, write) = stream.into_split();
+    let trickler = trickle(
+        write,
+        b"GET / HTTP/1.1\r\nHost: app\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    );
+    let mut answer = Vec::new();
+    let _ = within("the 408", read.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
+    assert!(
+        answer.contains("x-weir-reject: header_timeout"),
+        "{answer:?}"
+    );
+    trickler.abort();
+    assert_eq!(weir.listener().counters.timeouts(ClientTimeout::Header), 1);
+    assert_eq!(backend.stats.seen(), 0);
+}
+
+#[tokio::test]
+async fn a_keep_alive_request_head_is_timed_too_and_idle_connections_are_closed() {
+    let backend = spawn_backend().await;
+    let weir = weir_with(
+        &backend,
+        "header_timeout = \"300ms\"\nidle_timeout = \"300ms\"",
+        "",
+    )
+    .await;
+
+    // Second request on a keep-alive connection starts, then stalls: 408.
+    let mut stream = TcpStream::connect(weir.addr).await.unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = within("the first response", stream.read(&mut buf))
+        .await
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    stream.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+    let answer = read_until_closed(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
+
+    // A keep-alive connection with no request in progress is closed after idle_timeout, silently.
+    let mut idle = TcpStream::connect(weir.addr).await.unwrap();
+    idle.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let n = within("a response", idle.read(&mut buf)).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    assert_eq!(read_until_closed(&mut idle).await, "");
+    let info = weir.listener();
+    let counters = &info.counters;
+    assert_eq!(counters.timeouts(ClientTimeout::Header), 1);
+    assert_eq!(counters.timeouts(ClientTimeout::Idle), 1);
+}
+
+#[tokio::test]
+async fn a_trickled_body_gets_408_and_frees_the_slot() {
+    let backend = spawn_backend().await;
+    let weir = weir_with(&backend, "body_timeout = \"300ms\"", "max_concurrency = 1").await;
+    let mut stream = TcpStream::connect(weir.addr).await.unwrap();
+    stream
+        .write_all(b"POST /consume HTTP/1.1\r\nHost: app\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
+    assert!(answer.contains("x-weir-reject: body_timeout"), "{answer:?}");
+    let pool = weir.upstream("app").pool();
+    until("the slot to be freed", || pool.in_flight() == 0).await;
+    assert_eq!(weir.listener().counters.timeouts(ClientTimeout::Body), 1);
+    // The backend's request was aborted, not completed with a short body.
+    backend.stats.wait_cancelled(1).await;
+    // The single slot serves the next request.
+    assert_eq!(get(&client(), &weir.url("/")).await.0, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_client_that_never_reads_is_disconnected_and_its_slot_freed() {
+    let backend = spawn_backend().await;
+    let weir = weir_with(&backend, "write_timeout = \"300ms\"", "max_concurrency = 1").await;
+    let mut stream = TcpStream::connect(weir.addr).await.unwrap();
+    // 64 MiB: far more than the socket buffers between weir and this client can hold.
+    stream
+        .write_all(b"GET /bytes/67108864 HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    backend.stats.wait_seen(1).await;
+    let pool = weir.upstream("app").pool();
+    let info = weir.listener();
+    let counters = &info.counters;
+    until("the write timeout", || {
+        counters.timeouts(ClientTimeout::Write) == 1
+    })
+    .await;
+    until("the slot to be freed", || pool.in_flight() == 0).await;
+    assert_eq!(get(&client(), &weir.url("/")).await.0, StatusCode::OK);
+    drop(stream);
+}
+
+#[tokio::test]
+async fn oversized_heads_get_431_and_oversized_bodies_413() {
+    let backend = spawn_backend().await;
+    let weir = weir_with(
+        &backend,
+        "max_header_bytes = \"8KiB\"\nmax_body_bytes = 1000",
+        "",
+    )
+    .await;
+
+    let big = "x".repeat(16 * 1024);
+    let mut stream = TcpStream::connect(weir.addr).await.unwrap();
+    stream
+        .write_all(format!("GET / HTTP/1.1\r\nHost: app\r\nX-Big: {big}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let answer = read_until_closed(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 431 "), "{answer:?}");
+
+    // Announced too large: refused before admission, never reaches the backend.
+    let req = Request::post(weir.url("/consume"))
+        .body(Full::new(Bytes::from(vec![b'a'; 2000])))
+        .unwrap();
+    let (status, headers, _) = send(&client(), req).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(headers["x-weir-reject"], "body_too_large");
+    assert_eq!(backend.stats.seen(), 0);
+
+    // Chunked, growing past the limit: the upload is cut off with 413.
+    let mut stream = TcpStream::connect(weir.addr).await.unwrap();
+    let mut chunked =
+        b"POST /consume HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..3 {
+        chunked.extend_from_slice(b"200\r\n");
+        chunked.extend_from_slice(&[b'b'; 0x200]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    stream.write_all(&chunked).await.unwrap();
+    let answer = read_until_closed(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer:?}");
+    let info = weir.listener();
+    let counters = &info.counters;
+    assert_eq!(counters.limits(SizeLimit::HeaderBytes), 1);
+    assert_eq!(counters.limits(SizeLimit::BodyBytes), 2);
+    until("the slot to be freed", || {
+        weir.upstream("app").pool().in_flight() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_connection_cap_is_exact() {
+    let backend = spawn_backend().await;
+    let weir = weir_with(&backend, "max_connections = 2", "").await;
+    let info = weir.listener();
+    let counters = &info.counters;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(weir.addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = within("a response", s.read(&mut buf)).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        open.push(s);
+    }
+    // The third is closed at once, without an answer; the two keep working.
+    let mut third = TcpStream::connect(weir.addr).await.unwrap();
+    let _ = third
+        .write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await;
+    assert_eq!(read_until_closed(&mut third).await, "");
+    assert_eq!(counters.rejected(ConnReject::Limit), 1);
+    for s in &mut open {
+        s.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 512];
+        let n = within("a response", s.read(&mut buf)).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    }
+    // One closes: a new connection is accepted again.
+    drop(open.pop());
+    until("the closed connection to be released", || {
+        counters.active() == 1
+    })
+    .await;
+    let mut fourth = TcpStream::connect(weir.addr).await.unwrap();
+    fourth
+        .write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 512];
+    let n = within("a response", fourth.read(&mut buf)).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    assert_eq!(counters.rejected(ConnReject::Limit), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_http2_connection_cannot_exceed_max_concurrent_streams() {
+    let backend = spawn_backend().await;
+    let weir = weir_with(
+        &backend,
+        "max_concurrent_streams = 2",
+        "max_concurrency = 50",
+    )
+    .await;
+    let stream = TcpStream::connect(weir.addr).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake::<_, _, Full<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    // One request first, so the client has weir's SETTINGS (and its stream limit) before it opens
+    // more: streams sent beyond the limit before that are refused (REFUSED_STREAM), as HTTP/2 says.
+    let mut first = sender.clone();
+    let resp = first
+        .send_request(Request::get(weir.url("/")).body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut tasks = Vec::new();
+    for _ in 0..6 {
+        let mut sender = sender.clone();
+        let url = weir.url("/gate");
+        tasks.push(tokio::spawn(async move {
+            let req = Request::get(url).body(Full::default()).unwrap();
+            let resp = sender.send_request(req).await?;
+            let status = resp.status();
+            resp.into_body().collect().await?;
+            Ok::<_, hyper::Error>(status)
+        }));
+    }
+    backend.stats.wait_seen(3).await;
+    // Let them through one by one: never more than two are at the backend at once.
+    for _ in 0..6 {
+        backend.stats.open_gate(1);
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), StatusCode::OK);
+    }
+    assert_eq!(backend.stats.seen(), 7);
+    assert_eq!(backend.stats.peak(), 2);
+}
