@@ -134,8 +134,16 @@ struct Running {
 
 /// Starts the binary on 127.0.0.1:0 and reads the bound address from its start line.
 async fn start_weir(backend: std::net::SocketAddr, drain: &str) -> Running {
+    start_weir_with(backend, drain, "").await
+}
+
+async fn start_weir_with(
+    backend: std::net::SocketAddr,
+    drain: &str,
+    listener_keys: &str,
+) -> Running {
     let config = write_config(&format!(
-        "drain_timeout = \"{drain}\"\n[[listener]]\nname = \"edge\"\naddr = \"127.0.0.1:0\"\n{}",
+        "drain_timeout = \"{drain}\"\n[[listener]]\nname = \"edge\"\naddr = \"127.0.0.1:0\"\n{listener_keys}\n{}",
         upstream_toml(backend, "")
     ));
     let mut child = tokio::process::Command::new(WEIR)
@@ -223,4 +231,63 @@ async fn a_second_signal_exits_at_once() {
     wait_for_line(&mut weir, "second signal").await;
     let status = within("weir to exit", weir.child.wait()).await.unwrap();
     assert_eq!(status.code(), Some(1));
+}
+
+#[test]
+fn check_names_a_bad_certificate_file_resolved_next_to_the_config() {
+    let file = write_config(
+        "[[listener]]\nname = \"tls\"\naddr = \"127.0.0.1:0\"\n\
+         tls = { cert = \"missing-chain.pem\", key = \"missing.key\" }\n\
+         [[upstream]]\nname = \"app\"\naddr = \"127.0.0.1:1\"\n",
+    );
+    let out = Command::new(WEIR)
+        .arg("check")
+        .arg("-c")
+        .arg(&file.0)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let expected = format!(
+        "listener \"tls\": {}: cannot read the file",
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join("missing-chain.pem")
+            .display()
+    );
+    assert!(err.contains(&expected), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_certificate() {
+    let backend = spawn_backend().await;
+    let certs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/certs");
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("weir-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::copy(certs.join("chain.pem"), &cert).unwrap();
+    std::fs::copy(certs.join("server.key"), &key).unwrap();
+    let mut weir = start_weir_with(
+        backend.addr,
+        "5s",
+        &format!(
+            "tls = {{ cert = {:?}, key = {:?} }}",
+            cert.display().to_string(),
+            key.display().to_string()
+        ),
+    )
+    .await;
+    std::fs::copy(certs.join("rsa.key"), &key).unwrap();
+    signal(&weir.child, "HUP");
+    wait_for_line(&mut weir, "TLS reload refused").await;
+    std::fs::copy(certs.join("rotated-chain.pem"), &cert).unwrap();
+    std::fs::copy(certs.join("rotated.key"), &key).unwrap();
+    signal(&weir.child, "HUP");
+    wait_for_line(&mut weir, "TLS certificate reloaded").await;
+    // Still running: SIGTERM drains and exits 0.
+    signal(&weir.child, "TERM");
+    let status = within("weir to exit", weir.child.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+    std::fs::remove_dir_all(&dir).ok();
 }
