@@ -945,6 +945,44 @@ upstream = "c"
     }
 
     #[test]
+    fn listener_limits_parse_sizes_durations_and_tls() {
+        let text = MINIMAL.replace(
+            "addr = \"127.0.0.1:8080\"",
+            "addr = \"127.0.0.1:8080\"\nmax_header_bytes = \"16KiB\"\nmax_body_bytes = 1000\n\
+             header_timeout = \"2s\"\nmax_connections = 5\ntls = { cert = \"c.pem\", key = \"k.pem\" }",
+        );
+        let c = Config::from_toml_str(&text).unwrap();
+        let l = &c.listeners[0];
+        assert_eq!(l.max_header_bytes, 16 * 1024);
+        assert_eq!(l.max_body_bytes, Some(1000));
+        assert_eq!(l.header_timeout, Duration::from_secs(2));
+        assert_eq!(l.idle_timeout, defaults::IDLE_TIMEOUT);
+        assert_eq!(l.max_connections, 5);
+        assert_eq!(l.tls.as_ref().map(|t| t.cert.clone()), Some(PathBuf::from("c.pem")));
+        assert_eq!(parse_size("1 MiB"), Some(1 << 20));
+        assert_eq!(parse_size("500kB"), Some(500_000));
+        assert_eq!(parse_size("12 parsecs"), None);
+    }
+
+    #[test]
+    fn listener_limits_out_of_range() {
+        let text = MINIMAL.replace(
+            "addr = \"127.0.0.1:8080\"",
+            "addr = \"127.0.0.1:8080\"\nmax_header_bytes = 100\nmax_body_bytes = \"lots\"\n\
+             max_connections = 0\nidle_timeout = \"0s\"\ntls = { cert = \"c.pem\" }",
+        );
+        let p = problems(&text);
+        // The missing `key` is a shape error: the parser reports it first, alone.
+        assert!(has(&p, "listener[0].tls", "missing field `key`"), "{p:?}");
+        let text = text.replace("tls = { cert = \"c.pem\" }", "");
+        let p = problems(&text);
+        assert!(has(&p, "listener[0].max_header_bytes", "100 bytes is out of range"), "{p:?}");
+        assert!(has(&p, "listener[0].max_body_bytes", "not a size"), "{p:?}");
+        assert!(has(&p, "listener[0].max_connections", "0 is out of range"), "{p:?}");
+        assert!(has(&p, "listener[0].idle_timeout", "longer than zero"), "{p:?}");
+    }
+
+    #[test]
     fn example_config_is_valid() {
         let text = include_str!("../config.example.toml");
         let c = Config::from_toml_str(text).unwrap_or_else(|e| panic!("{e}"));
