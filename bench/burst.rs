@@ -8,8 +8,12 @@
 //!
 //! Run: `cargo bench --bench burst` (loopback only; stops by itself).
 
+#[path = "common.rs"]
+mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+use common::{cpu_time, ms, percentile};
 
 use std::time::{Duration, Instant};
 
@@ -17,7 +21,6 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -27,37 +30,12 @@ const QUEUE_TIMEOUT: Duration = Duration::from_millis(100);
 /// Rounds to run; `BENCH_ROUNDS` overrides (more rounds give a profiler more samples).
 const ROUNDS: usize = 3;
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
-    sorted[i]
-}
-
-/// CPU time used so far by every thread of process `pid` (from schedstat: nanoseconds on CPU).
-fn cpu_time(pid: u32) -> Duration {
-    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return Duration::ZERO;
-    };
-    let ns: u64 = tasks
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("schedstat")).ok())
-        .filter_map(|s| s.split_whitespace().next()?.parse::<u64>().ok())
-        .sum();
-    Duration::from_nanos(ns)
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
-
 #[tokio::main]
 async fn main() {
     let backend = support::spawn_backend().await;
-    let config = std::env::temp_dir().join(format!("weir-burst-{}.toml", std::process::id()));
-    std::fs::write(
-        &config,
-        format!(
+    let weir = common::start_weir(
+        "burst",
+        &format!(
             "[[listener]]\nname = \"bench\"\naddr = \"127.0.0.1:0\"\n\
              [[upstream]]\nname = \"app\"\naddr = \"{}\"\nmax_concurrency = 16\nmax_queue = 64\n\
              queue_timeout = \"{}ms\"\nrequest_timeout = \"5s\"\n",
@@ -65,43 +43,8 @@ async fn main() {
             QUEUE_TIMEOUT.as_millis()
         ),
     )
-    .expect("write the bench config");
-    // BENCH_WEIR_CPU=1 pins weir to that core with taskset (run the bench itself on the other
-    // one: `taskset -c 0 cargo bench --bench burst`), so the load generator cannot steal its CPU.
-    let mut weir = match std::env::var("BENCH_WEIR_CPU") {
-        Ok(cpu) => {
-            let mut c = tokio::process::Command::new("taskset");
-            c.args(["-c", &cpu, env!("CARGO_BIN_EXE_weir")]);
-            c
-        }
-        Err(_) => tokio::process::Command::new(env!("CARGO_BIN_EXE_weir")),
-    };
-    let mut weir = weir
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "warn,weir=info")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start weir");
-    let weir_pid = weir.id().expect("weir is running");
-    let mut lines = BufReader::new(weir.stdout.take().expect("piped stdout")).lines();
-    let addr = loop {
-        let line = lines
-            .next_line()
-            .await
-            .expect("read weir's log")
-            .expect("weir exited before it started");
-        if let Some(rest) = line.split("listeners=bench=").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .expect("an address")
-                .to_string();
-        }
-    };
-    // Keep draining weir's log so it never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    .await;
+    let (addr, weir_pid) = (weir.addr.clone(), weir.pid);
 
     println!(
         "burst: {CLIENTS} concurrent requests, weir max_concurrency=16 max_queue=64 queue_timeout={}, backend service time {}",
@@ -195,6 +138,5 @@ async fn main() {
             ms(shed.last().copied().unwrap_or_default()),
         );
     }
-    let _ = weir.kill().await;
-    let _ = std::fs::remove_file(&config);
+    drop(weir);
 }

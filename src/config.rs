@@ -958,7 +958,10 @@ upstream = "c"
         assert_eq!(l.header_timeout, Duration::from_secs(2));
         assert_eq!(l.idle_timeout, defaults::IDLE_TIMEOUT);
         assert_eq!(l.max_connections, 5);
-        assert_eq!(l.tls.as_ref().map(|t| t.cert.clone()), Some(PathBuf::from("c.pem")));
+        assert_eq!(
+            l.tls.as_ref().map(|t| t.cert.clone()),
+            Some(PathBuf::from("c.pem"))
+        );
         assert_eq!(parse_size("1 MiB"), Some(1 << 20));
         assert_eq!(parse_size("500kB"), Some(500_000));
         assert_eq!(parse_size("12 parsecs"), None);
@@ -976,10 +979,23 @@ upstream = "c"
         assert!(has(&p, "listener[0].tls", "missing field `key`"), "{p:?}");
         let text = text.replace("tls = { cert = \"c.pem\" }", "");
         let p = problems(&text);
-        assert!(has(&p, "listener[0].max_header_bytes", "100 bytes is out of range"), "{p:?}");
+        assert!(
+            has(
+                &p,
+                "listener[0].max_header_bytes",
+                "100 bytes is out of range"
+            ),
+            "{p:?}"
+        );
         assert!(has(&p, "listener[0].max_body_bytes", "not a size"), "{p:?}");
-        assert!(has(&p, "listener[0].max_connections", "0 is out of range"), "{p:?}");
-        assert!(has(&p, "listener[0].idle_timeout", "longer than zero"), "{p:?}");
+        assert!(
+            has(&p, "listener[0].max_connections", "0 is out of range"),
+            "{p:?}"
+        );
+        assert!(
+            has(&p, "listener[0].idle_timeout", "longer than zero"),
+            "{p:?}"
+        );
     }
 
     #[test]
