@@ -37,6 +37,20 @@ mod tempfile_path {
     }
 }
 
+/// Runs `weir check -c FILE`; returns the exit code and stderr.
+fn check(file: &std::path::Path) -> (Option<i32>, String) {
+    let out = Command::new(WEIR)
+        .arg("check")
+        .arg("-c")
+        .arg(file)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 #[test]
 fn check_accepts_the_example_config() {
     let example = concat!(env!("CARGO_MANIFEST_DIR"), "/config.example.toml");
@@ -59,14 +73,8 @@ fn check_prints_every_problem_with_file_and_key_path_and_fails() {
          [[upstream]]\nname = \"app\"\naddr = \"127.0.0.1:3000\"\nmax_concurrency = 0\nqueue_timeout = \"-1s\"\n\
          [[route]]\nupstream = \"ghost\"\n",
     );
-    let out = Command::new(WEIR)
-        .arg("check")
-        .arg("--config")
-        .arg(&file.0)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = check(&file.0);
+    assert_eq!(code, Some(1));
     let name = file.0.display().to_string();
     for line in [
         format!("{name}: 4 problems"),
@@ -82,14 +90,8 @@ fn check_prints_every_problem_with_file_and_key_path_and_fails() {
 #[test]
 fn check_reports_the_line_of_a_type_error() {
     let file = write_config("[[listener]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\nbacklog = 5\n");
-    let out = Command::new(WEIR)
-        .arg("check")
-        .arg("-c")
-        .arg(&file.0)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = check(&file.0);
+    assert_eq!(code, Some(1));
     assert!(
         err.contains(":4:1: listener[0].backlog: unknown field `backlog`"),
         "{err}"
@@ -240,14 +242,8 @@ fn check_names_a_bad_certificate_file_resolved_next_to_the_config() {
          tls = { cert = \"missing-chain.pem\", key = \"missing.key\" }\n\
          [[upstream]]\nname = \"app\"\naddr = \"127.0.0.1:1\"\n",
     );
-    let out = Command::new(WEIR)
-        .arg("check")
-        .arg("-c")
-        .arg(&file.0)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (code, err) = check(&file.0);
+    assert_eq!(code, Some(1));
     let expected = format!(
         "listener \"tls\": {}: cannot read the file",
         std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))

@@ -38,6 +38,21 @@ async fn read_until_closed(stream: &mut TcpStream) -> String {
     }
 }
 
+/// Sends a GET on an open raw connection and expects a 200 back.
+async fn raw_ok(stream: &mut TcpStream) {
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = within("a response", stream.read(&mut buf)).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+}
+
 /// Sends `bytes` one at a time, every 20 ms, until the peer stops taking them.
 fn trickle(
     mut stream: tokio::net::tcp::OwnedWriteHalf,
@@ -105,26 +120,14 @@ async fn a_keep_alive_request_head_is_timed_too_and_idle_connections_are_closed(
 
     // Second request on a keep-alive connection starts, then stalls: 408.
     let mut stream = TcpStream::connect(weir.addr).await.unwrap();
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 1024];
-    let n = within("the first response", stream.read(&mut buf))
-        .await
-        .unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    raw_ok(&mut stream).await;
     stream.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
     let answer = read_until_closed(&mut stream).await;
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
 
     // A keep-alive connection with no request in progress is closed after idle_timeout, silently.
     let mut idle = TcpStream::connect(weir.addr).await.unwrap();
-    idle.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
-        .await
-        .unwrap();
-    let n = within("a response", idle.read(&mut buf)).await.unwrap();
-    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    raw_ok(&mut idle).await;
     assert_eq!(read_until_closed(&mut idle).await, "");
     let info = weir.listener();
     let counters = &info.counters;
@@ -235,12 +238,7 @@ async fn the_connection_cap_is_exact() {
     let mut open = Vec::new();
     for _ in 0..2 {
         let mut s = TcpStream::connect(weir.addr).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 512];
-        let n = within("a response", s.read(&mut buf)).await.unwrap();
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        raw_ok(&mut s).await;
         open.push(s);
     }
     // The third is closed at once, without an answer; the two keep working.
@@ -251,12 +249,7 @@ async fn the_connection_cap_is_exact() {
     assert_eq!(read_until_closed(&mut third).await, "");
     assert_eq!(counters.rejected(ConnReject::Limit), 1);
     for s in &mut open {
-        s.write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 512];
-        let n = within("a response", s.read(&mut buf)).await.unwrap();
-        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        raw_ok(s).await;
     }
     // One closes: a new connection is accepted again.
     drop(open.pop());
@@ -265,17 +258,7 @@ async fn the_connection_cap_is_exact() {
     })
     .await;
     let mut fourth = TcpStream::connect(weir.addr).await.unwrap();
-    fourth
-        .write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 512];
-    let n = within("a response", fourth.read(&mut buf)).await.unwrap();
-    assert!(
-        buf[..n].starts_with(b"HTTP/1.1 200"),
-        "{:?}",
-        String::from_utf8_lossy(&buf[..n])
-    );
+    raw_ok(&mut fourth).await;
     assert_eq!(counters.rejected(ConnReject::Limit), 1);
 }
 
