@@ -16,8 +16,10 @@ use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
 use crate::admission::Permit;
+use crate::buffer::{BufferFull, BufferPool, Reservation};
 use crate::error::{Reason, UpstreamErrorKind};
 use crate::stats::{ClientTimeout, ListenerInfo, SizeLimit};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -169,37 +171,170 @@ impl Body for ResponseBody {
 pub enum RequestBodyError {
     #[error("the request body made no progress for body_timeout")]
     Timeout,
+    #[error("the request body arrived slower than min_body_rate")]
+    TooSlow,
     #[error("the request body exceeds max_body_bytes")]
     TooLarge,
+    #[error("the request body cannot be buffered: max_buffered_bytes is reached")]
+    BufferFull,
     #[error("reading the request body from the client failed")]
     Client(#[source] hyper::Error),
 }
 
-/// The client's request body on its way to the backend, under the listener's `body_timeout`
-/// (no progress) and `max_body_bytes` (running total).
+/// The client's request body on its way to the backend: first whatever was buffered before
+/// admission, then (if the body was not read whole) the rest as it arrives, under the listener's
+/// `body_timeout` (no progress), `min_body_rate` (trickles) and `max_body_bytes` (running total).
 pub struct RequestBody {
-    inner: Incoming,
+    /// Frames read before admission, in order.
+    buffered: VecDeque<Frame<Bytes>>,
+    /// The part still to be read from the client; `None` once it has ended.
+    client: Option<Incoming>,
+    /// The buffer budget held by `buffered`, given back when the body is dropped.
+    _reservation: Reservation,
     /// Created the first time the body has to wait: a body that is already buffered never needs
     /// one. Re-armed lazily from `last_progress`, not on every frame.
     timer: Option<Pin<Box<Sleep>>>,
     listener: Arc<ListenerInfo>,
+    started: Instant,
     last_progress: Instant,
     received: u64,
     limit: u64,
     failed: bool,
 }
 
+/// How [`RequestBody::buffer`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Buffered {
+    /// The whole body is in memory.
+    Whole,
+    /// More than the buffer allows: the rest is still with the client.
+    Exceeded,
+}
+
 impl RequestBody {
     pub fn new(inner: Incoming, listener: &Arc<ListenerInfo>) -> RequestBody {
+        let now = Instant::now();
         RequestBody {
-            inner,
+            client: (!inner.is_end_stream()).then_some(inner),
+            buffered: VecDeque::new(),
+            _reservation: Reservation::default(),
             timer: None,
             listener: Arc::clone(listener),
-            last_progress: Instant::now(),
+            started: now,
+            last_progress: now,
             received: 0,
             limit: listener.max_body_bytes.unwrap_or(u64::MAX),
             failed: false,
         }
+    }
+
+    /// Whether any of the body is still to be read from the client.
+    pub fn is_streaming(&self) -> bool {
+        self.client.is_some()
+    }
+
+    /// Reads the body into memory, up to `max` bytes, reserving them from `pool` (all at once
+    /// when the client announced the length). Stops early, with the rest left to stream, when the
+    /// body turns out larger than `max`.
+    pub async fn buffer(
+        &mut self,
+        max: u64,
+        announced: Option<u64>,
+        pool: &BufferPool,
+    ) -> Result<Buffered, RequestBodyError> {
+        let mut reservation = std::mem::take(&mut self._reservation);
+        if let Some(n) = announced.filter(|n| *n <= max) {
+            pool.grow(&mut reservation, n as usize)
+                .map_err(|_| RequestBodyError::BufferFull)?;
+        }
+        let result = loop {
+            if self.client.is_none() {
+                break Ok(Buffered::Whole);
+            }
+            if self.received > max {
+                break Ok(Buffered::Exceeded);
+            }
+            match std::future::poll_fn(|cx| self.poll_client(cx)).await {
+                Some(Ok(frame)) => {
+                    let len = frame.data_ref().map_or(0, Bytes::len);
+                    if reservation.bytes() < self.received as usize {
+                        if let Err(e) = pool.grow(&mut reservation, len) {
+                            break Err(RequestBodyError::from(e));
+                        }
+                    }
+                    self.buffered.push_back(frame);
+                }
+                Some(Err(e)) => break Err(e),
+                None => break Ok(Buffered::Whole),
+            }
+        };
+        self._reservation = reservation;
+        result
+    }
+
+    /// The next frame from the client, under the body's limits.
+    fn poll_client(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
+        let Some(client) = self.client.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(client).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.received += data.len() as u64;
+                    if self.received > self.limit {
+                        self.listener.counters.limit(SizeLimit::BodyBytes);
+                        return self.fail(RequestBodyError::TooLarge);
+                    }
+                    self.last_progress = Instant::now();
+                    let elapsed = self.last_progress - self.started;
+                    let rate = self.listener.min_body_rate;
+                    if rate > 0
+                        && elapsed > self.listener.body_rate_grace
+                        && (self.received as f64) < rate as f64 * elapsed.as_secs_f64()
+                    {
+                        self.listener.counters.timeout(ClientTimeout::Body);
+                        return self.fail(RequestBodyError::TooSlow);
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => self.fail(RequestBodyError::Client(e)),
+            Poll::Ready(None) => {
+                self.client = None;
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                let due = self.last_progress + self.listener.body_timeout;
+                let timer = self
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+                loop {
+                    ready!(timer.as_mut().poll(cx));
+                    let due = self.last_progress + self.listener.body_timeout;
+                    if Instant::now() >= due {
+                        self.listener.counters.timeout(ClientTimeout::Body);
+                        return self.fail(RequestBodyError::Timeout);
+                    }
+                    // Bytes came since the timer was set: move it and wait again.
+                    timer.as_mut().reset(due);
+                }
+            }
+        }
+    }
+
+    fn fail<T>(&mut self, e: RequestBodyError) -> Poll<Option<Result<T, RequestBodyError>>> {
+        self.failed = true;
+        self.client = None;
+        Poll::Ready(Some(Err(e)))
+    }
+}
+
+impl From<BufferFull> for RequestBodyError {
+    fn from(_: BufferFull) -> Self {
+        RequestBodyError::BufferFull
     }
 }
 
@@ -212,52 +347,33 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
         let this = self.get_mut();
-        if this.failed {
-            return Poll::Ready(None);
+        if let Some(frame) = this.buffered.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
         }
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let Some(data) = frame.data_ref() {
-                    this.received += data.len() as u64;
-                    if this.received > this.limit {
-                        this.failed = true;
-                        this.listener.counters.limit(SizeLimit::BodyBytes);
-                        return Poll::Ready(Some(Err(RequestBodyError::TooLarge)));
-                    }
-                    this.last_progress = Instant::now();
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                this.failed = true;
-                Poll::Ready(Some(Err(RequestBodyError::Client(e))))
-            }
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => {
-                let due = this.last_progress + this.listener.body_timeout;
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
-                loop {
-                    ready!(timer.as_mut().poll(cx));
-                    let due = this.last_progress + this.listener.body_timeout;
-                    if Instant::now() >= due {
-                        this.failed = true;
-                        this.listener.counters.timeout(ClientTimeout::Body);
-                        return Poll::Ready(Some(Err(RequestBodyError::Timeout)));
-                    }
-                    // Bytes came since the timer was set: move it and wait again.
-                    timer.as_mut().reset(due);
-                }
-            }
-        }
+        this.poll_client(cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.failed || self.inner.is_end_stream()
+        self.buffered.is_empty() && (self.failed || self.client.is_none())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let buffered: u64 = self
+            .buffered
+            .iter()
+            .map(|f| f.data_ref().map_or(0, |d| d.len() as u64))
+            .sum();
+        match &self.client {
+            None => SizeHint::with_exact(buffered),
+            Some(client) => {
+                let rest = client.size_hint();
+                let mut hint = SizeHint::new();
+                hint.set_lower(buffered + rest.lower());
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(buffered + upper);
+                }
+                hint
+            }
+        }
     }
 }

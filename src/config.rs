@@ -34,6 +34,8 @@ const MAX_QUEUE: u64 = 1_000_000;
 pub struct Config {
     /// How long in-flight and queued requests may take to finish after SIGTERM before weir exits.
     pub drain_timeout: Duration,
+    /// Memory all request-body buffers may hold together; beyond it, 503 `buffer_full`.
+    pub max_buffered_bytes: u64,
     pub listeners: Vec<ListenerConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     /// Routes in file order; the first match wins. Empty when a single upstream takes everything.
@@ -69,6 +71,11 @@ pub struct ListenerConfig {
     pub max_header_bytes: usize,
     /// Largest request body; larger ones get 413 (announced) or are cut off (chunked).
     pub max_body_bytes: Option<u64>,
+    /// Slowest average upload accepted, in bytes per second, once `body_rate_grace` has passed;
+    /// a slower body gets 408. 0 turns the check off.
+    pub min_body_rate: u64,
+    /// How long an upload may run before `min_body_rate` applies.
+    pub body_rate_grace: Duration,
 }
 
 /// Certificate files of a TLS listener. Relative paths are resolved against the directory of the
@@ -116,6 +123,21 @@ pub struct UpstreamConfig {
     pub pool_max_idle: usize,
     /// Value of the `Retry-After` header on 503s, in whole seconds.
     pub retry_after_secs: u64,
+    /// Request bodies up to this size are read whole before the request joins the queue; 0 turns
+    /// buffering off (bodies stream to the backend as they arrive).
+    pub request_buffer: u64,
+    /// What happens to a body larger than `request_buffer`.
+    pub oversized_body: OversizedBody,
+}
+
+/// What weir does with a request body larger than `request_buffer`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OversizedBody {
+    /// Admit it and stream the rest to the backend as it arrives (the slot is held meanwhile).
+    Stream,
+    /// Answer 413.
+    Reject,
 }
 
 /// A routing rule: every condition given must hold.
@@ -284,6 +306,7 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     drain_timeout: Option<String>,
+    max_buffered_bytes: Option<RawSize>,
     #[serde(default)]
     listener: Vec<RawListener>,
     #[serde(default)]
@@ -308,6 +331,8 @@ struct RawListener {
     http2_keepalive_interval: Option<String>,
     max_header_bytes: Option<RawSize>,
     max_body_bytes: Option<RawSize>,
+    min_body_rate: Option<RawSize>,
+    body_rate_grace: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -340,6 +365,8 @@ struct RawUpstream {
     pool_idle_timeout: Option<String>,
     pool_max_idle: Option<i64>,
     retry_after: Option<String>,
+    request_buffer: Option<RawSize>,
+    oversized_body: Option<OversizedBody>,
 }
 
 #[derive(Deserialize)]
@@ -372,6 +399,10 @@ pub mod defaults {
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
     pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
     pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+    pub const REQUEST_BUFFER: u64 = 1 << 20;
+    pub const MAX_BUFFERED_BYTES: u64 = 256 << 20;
+    pub const MIN_BODY_RATE: u64 = 1024;
+    pub const BODY_RATE_GRACE: Duration = Duration::from_secs(10);
 }
 
 #[derive(Default)]
@@ -432,8 +463,17 @@ impl Validator {
             .filter_map(|(i, r)| self.route(i, r, &upstreams))
             .collect();
 
+        let max_buffered_bytes = self
+            .size(
+                "max_buffered_bytes".into(),
+                raw.max_buffered_bytes,
+                0,
+                u64::MAX >> 1,
+            )
+            .unwrap_or(defaults::MAX_BUFFERED_BYTES);
         Some(Config {
             drain_timeout,
+            max_buffered_bytes,
             listeners,
             upstreams,
             routes,
@@ -547,6 +587,15 @@ impl Validator {
             )
             .map_or(defaults::MAX_HEADER_BYTES, |n| n as usize);
         let max_body_bytes = self.size(at("max_body_bytes"), raw.max_body_bytes, 1, u64::MAX >> 1);
+        let min_body_rate = self
+            .size(at("min_body_rate"), raw.min_body_rate, 0, 1 << 40)
+            .unwrap_or(defaults::MIN_BODY_RATE);
+        let body_rate_grace = short(
+            self,
+            "body_rate_grace",
+            raw.body_rate_grace,
+            defaults::BODY_RATE_GRACE,
+        );
         let tls = raw.tls.map(|t| TlsFiles {
             cert: t.cert,
             key: t.key,
@@ -566,6 +615,8 @@ impl Validator {
             http2_keepalive_interval,
             max_header_bytes,
             max_body_bytes,
+            min_body_rate,
+            body_rate_grace,
         }
     }
 
@@ -654,7 +705,12 @@ impl Validator {
             defaults::RETRY_AFTER,
             MAX_SHORT_DURATION,
         );
+        let request_buffer = self
+            .size(at("request_buffer"), raw.request_buffer, 0, 1 << 30)
+            .unwrap_or(defaults::REQUEST_BUFFER);
         UpstreamConfig {
+            request_buffer,
+            oversized_body: raw.oversized_body.unwrap_or(OversizedBody::Stream),
             name,
             addr,
             protocol: raw.protocol.unwrap_or(Protocol::Http1),

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 
-use crate::body::ResponseBody;
+use crate::body::{RequestBodyError, ResponseBody};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -38,6 +38,8 @@ pub enum ProxyError {
     BodyTooLarge,
     #[error("the client's request body broke off")]
     ClientBody(#[source] BoxError),
+    #[error("max_buffered_bytes is reached")]
+    BufferFull,
     #[error("internal error (a panic) while handling the request")]
     Internal,
 }
@@ -61,11 +63,13 @@ pub enum Reason {
     BodyTimeout,
     /// The request body is larger than `max_body_bytes` (413).
     BodyTooLarge,
+    /// Request buffers hold `max_buffered_bytes` already (503).
+    BufferFull,
     Internal,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 12] = [
+    pub const ALL: [Reason; 13] = [
         Reason::QueueFull,
         Reason::QueueTimeout,
         Reason::Deadline,
@@ -77,6 +81,7 @@ impl Reason {
         Reason::BadRequest,
         Reason::BodyTimeout,
         Reason::BodyTooLarge,
+        Reason::BufferFull,
         Reason::Internal,
     ];
 
@@ -93,6 +98,7 @@ impl Reason {
             Reason::BadRequest => "bad_request",
             Reason::BodyTimeout => "body_timeout",
             Reason::BodyTooLarge => "body_too_large",
+            Reason::BufferFull => "buffer_full",
             Reason::Internal => "internal",
         }
     }
@@ -153,6 +159,17 @@ impl Counters {
     }
 }
 
+impl From<RequestBodyError> for ProxyError {
+    fn from(e: RequestBodyError) -> Self {
+        match e {
+            RequestBodyError::Timeout | RequestBodyError::TooSlow => ProxyError::BodyTimeout,
+            RequestBodyError::TooLarge => ProxyError::BodyTooLarge,
+            RequestBodyError::BufferFull => ProxyError::BufferFull,
+            RequestBodyError::Client(e) => ProxyError::ClientBody(Box::new(e)),
+        }
+    }
+}
+
 impl ProxyError {
     pub fn reason(&self) -> Reason {
         match self {
@@ -167,6 +184,7 @@ impl ProxyError {
             ProxyError::BodyTimeout => Reason::BodyTimeout,
             ProxyError::BodyTooLarge => Reason::BodyTooLarge,
             ProxyError::ClientBody(_) => Reason::ClientGone,
+            ProxyError::BufferFull => Reason::BufferFull,
             ProxyError::Internal => Reason::Internal,
         }
     }
@@ -185,7 +203,7 @@ impl ProxyError {
     fn status(&self) -> (StatusCode, &'static str) {
         match self {
             ProxyError::NoRoute => (StatusCode::NOT_FOUND, "no route\n"),
-            ProxyError::QueueFull | ProxyError::QueueTimeout => {
+            ProxyError::QueueFull | ProxyError::QueueTimeout | ProxyError::BufferFull => {
                 (StatusCode::SERVICE_UNAVAILABLE, "overloaded, retry later\n")
             }
             ProxyError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
@@ -252,6 +270,7 @@ mod tests {
             (ProxyError::BadRequest("x"), 400),
             (ProxyError::BodyTimeout, 408),
             (ProxyError::BodyTooLarge, 413),
+            (ProxyError::BufferFull, 503),
             (ProxyError::ClientBody(io()), 400),
             (ProxyError::Internal, 500),
         ];

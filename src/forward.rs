@@ -7,7 +7,6 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Response, Version};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -15,13 +14,13 @@ use tokio::time::Instant;
 
 use crate::admission::{Pool, Rejected};
 use crate::body::{RequestBody, RequestBodyError, ResponseBody};
-use crate::config::{Protocol, UpstreamConfig};
+use crate::config::{OversizedBody, Protocol, UpstreamConfig};
 use crate::error::{BoxError, ProxyError};
 use crate::stats::ListenerInfo;
 
 /// Called after a request is admitted and before it is forwarded. Tests use it to inject faults
 /// (a panic) at the point where a slot is held; production runs have none.
-pub type RequestHook = Arc<dyn Fn(&Request<Incoming>) + Send + Sync>;
+pub type RequestHook = Arc<dyn Fn(&http::request::Parts) + Send + Sync>;
 
 /// What weir knows about the client connection a request came in on, rendered once per connection.
 #[derive(Debug, Clone)]
@@ -55,6 +54,8 @@ pub struct Upstream {
     request_timeout: Duration,
     /// `Retry-After` value for this upstream's 503s, rendered once.
     retry_after: HeaderValue,
+    request_buffer: u64,
+    oversized_body: OversizedBody,
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -92,11 +93,21 @@ impl Upstream {
             protocol: cfg.protocol,
             request_timeout: cfg.request_timeout,
             retry_after: HeaderValue::from(cfg.retry_after_secs),
+            request_buffer: cfg.request_buffer,
+            oversized_body: cfg.oversized_body,
         }
     }
 
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    pub fn request_buffer(&self) -> u64 {
+        self.request_buffer
+    }
+
+    pub fn oversized_body(&self) -> OversizedBody {
+        self.oversized_body
     }
 
     pub fn retry_after(&self) -> &HeaderValue {
@@ -107,7 +118,8 @@ impl Upstream {
     /// until the backend has sent its last byte; every error is returned for the caller to answer.
     pub async fn forward(
         &self,
-        req: Request<Incoming>,
+        parts: http::request::Parts,
+        body: RequestBody,
         client: &ClientInfo,
         hook: Option<&RequestHook>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
@@ -116,10 +128,10 @@ impl Upstream {
             Rejected::QueueTimeout => ProxyError::QueueTimeout,
         })?;
         if let Some(hook) = hook {
-            hook(&req);
+            hook(&parts);
         }
         let deadline = Instant::now() + self.request_timeout;
-        let req = self.rewrite(req, client)?;
+        let req = self.rewrite(parts, body, client)?;
         let response = tokio::time::timeout_at(deadline, self.client.request(req))
             .await
             .map_err(|_| ProxyError::UpstreamTimeout)?
@@ -134,10 +146,10 @@ impl Upstream {
     /// hop-by-hop headers removed, `X-Forwarded-*` set, Host preserved.
     fn rewrite(
         &self,
-        req: Request<Incoming>,
+        mut parts: http::request::Parts,
+        body: RequestBody,
         client: &ClientInfo,
     ) -> Result<Request<RequestBody>, ProxyError> {
-        let (mut parts, body) = req.into_parts();
         if parts.method == Method::CONNECT {
             return Err(ProxyError::BadRequest("CONNECT is not supported"));
         }
@@ -183,10 +195,7 @@ impl Upstream {
             .path_and_query(path)
             .build()
             .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
-        Ok(Request::from_parts(
-            parts,
-            RequestBody::new(body, &client.listener),
-        ))
+        Ok(Request::from_parts(parts, body))
     }
 }
 
@@ -262,9 +271,10 @@ fn classify(err: hyper_util::client::legacy::Error) -> ProxyError {
     while let Some(e) = source {
         if let Some(body) = e.downcast_ref::<RequestBodyError>() {
             return match body {
-                RequestBodyError::Timeout => ProxyError::BodyTimeout,
-                RequestBodyError::TooLarge => ProxyError::BodyTooLarge,
                 RequestBodyError::Client(_) => ProxyError::ClientBody(Box::new(err)),
+                RequestBodyError::Timeout | RequestBodyError::TooSlow => ProxyError::BodyTimeout,
+                RequestBodyError::TooLarge => ProxyError::BodyTooLarge,
+                RequestBodyError::BufferFull => ProxyError::BufferFull,
             };
         }
         if let Some(h) = e.downcast_ref::<hyper::Error>() {

@@ -22,6 +22,7 @@
 
 pub mod admission;
 pub mod body;
+pub mod buffer;
 pub mod config;
 pub mod edge;
 pub mod error;
@@ -86,13 +87,11 @@ impl Server {
         let tls = load_tls(&config)?;
         let mut edges = Vec::with_capacity(config.listeners.len());
         for (l, tls) in config.listeners.iter().zip(tls) {
-            let listener = TcpListener::bind(l.addr)
-                .await
-                .map_err(|source| StartError::Bind {
-                    name: l.name.clone(),
-                    addr: l.addr,
-                    source,
-                })?;
+            let listener = bind(l.addr).map_err(|source| StartError::Bind {
+                name: l.name.clone(),
+                addr: l.addr,
+                source,
+            })?;
             edges.push(Edge::new(l, tls, listener, Arc::clone(&proxy)));
         }
         Ok(Server {
@@ -117,6 +116,11 @@ impl Server {
             .iter()
             .find(|u| u.name == name)
             .cloned()
+    }
+
+    /// The request path shared by every listener: upstreams and the request-buffer budget.
+    pub fn proxy(&self) -> Arc<Proxy> {
+        Arc::clone(&self.proxy)
     }
 
     /// The listener named `name`, to read its connection and timeout counters.
@@ -176,6 +180,23 @@ impl Server {
         }
         out.join(", ")
     }
+}
+
+/// Pending connections the kernel may queue before weir accepts them. tokio's default (1024)
+/// overflows under a burst of new connections, and the kernel then drops SYNs that clients only
+/// retry a second or more later; the kernel caps this at `net.core.somaxconn`.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // A restarted weir can bind while connections of the previous one sit in TIME_WAIT.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Loads the TLS files of every listener, so that a bad file stops startup before any port is bound.

@@ -9,8 +9,9 @@ use futures_util::FutureExt;
 use http::{Request, Response, header};
 use hyper::body::Incoming;
 
-use crate::body::ResponseBody;
-use crate::config::{Config, RouteConfig};
+use crate::body::{Buffered, RequestBody, ResponseBody};
+use crate::buffer::BufferPool;
+use crate::config::{Config, OversizedBody, RouteConfig};
 use crate::error::{Counters, ProxyError, Reason};
 use crate::forward::{ClientInfo, RequestHook, Upstream};
 use crate::stats::SizeLimit;
@@ -18,6 +19,8 @@ use crate::stats::SizeLimit;
 /// Everything the request path needs, shared by every connection.
 pub struct Proxy {
     upstreams: Vec<Arc<Upstream>>,
+    /// The budget for request bodies read before admission (`max_buffered_bytes`).
+    buffers: BufferPool,
     routes: Vec<RouteConfig>,
     hook: Option<RequestHook>,
 }
@@ -31,12 +34,17 @@ impl Proxy {
                 .map(|u| Arc::new(Upstream::new(u)))
                 .collect(),
             routes: config.routes.clone(),
+            buffers: BufferPool::new(config.max_buffered_bytes),
             hook,
         }
     }
 
     pub fn upstreams(&self) -> &[Arc<Upstream>] {
         &self.upstreams
+    }
+
+    pub fn buffers(&self) -> &BufferPool {
+        &self.buffers
     }
 
     /// The first route whose conditions all hold; with no routes, the only upstream.
@@ -67,16 +75,16 @@ impl Proxy {
             return ProxyError::NoRoute.into_response(None, None);
         };
         let counters = upstream.pool().counters();
-        if let Some(limit) = client.listener.max_body_bytes {
-            if announced_length(&req).is_some_and(|n| n > limit) {
-                client.listener.counters.limit(SizeLimit::BodyBytes);
-                return ProxyError::BodyTooLarge.into_response(Some(counters), None);
-            }
-        }
         let gone = ClientGone::new(counters);
-        let outcome = AssertUnwindSafe(upstream.forward(req, client, self.hook.as_ref()))
-            .catch_unwind()
-            .await;
+        let (parts, body) = req.into_parts();
+        let outcome = AssertUnwindSafe(async {
+            let body = self.prepare_body(upstream, &parts, body, client).await?;
+            upstream
+                .forward(parts, body, client, self.hook.as_ref())
+                .await
+        })
+        .catch_unwind()
+        .await;
         gone.disarm();
         match outcome {
             Ok(Ok(response)) => response,
@@ -97,9 +105,46 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// Applies the body limits that can be decided before admission, and reads a body that fits
+    /// the upstream's `request_buffer` into memory, so that a slow upload costs a connection and
+    /// buffer memory but never a slot or a queue place.
+    async fn prepare_body(
+        &self,
+        upstream: &Upstream,
+        parts: &http::request::Parts,
+        body: Incoming,
+        client: &ClientInfo,
+    ) -> Result<RequestBody, ProxyError> {
+        let mut body = RequestBody::new(body, &client.listener);
+        if !body.is_streaming() {
+            return Ok(body);
+        }
+        let announced = announced_length(&parts.headers);
+        if let (Some(limit), Some(n)) = (client.listener.max_body_bytes, announced) {
+            if n > limit {
+                client.listener.counters.limit(SizeLimit::BodyBytes);
+                return Err(ProxyError::BodyTooLarge);
+            }
+        }
+        let max = upstream.request_buffer();
+        if max == 0 {
+            return Ok(body);
+        }
+        let oversized = match announced {
+            Some(n) if n > max => true,
+            _ => body.buffer(max, announced, &self.buffers).await? == Buffered::Exceeded,
+        };
+        if oversized && upstream.oversized_body() == OversizedBody::Reject {
+            return Err(ProxyError::BodyTooLarge);
+        }
+        Ok(body)
+    }
+}
+
 /// The body length the client announced in Content-Length, if it did.
-fn announced_length<B>(req: &Request<B>) -> Option<u64> {
-    req.headers()
+fn announced_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers
         .get(header::CONTENT_LENGTH)?
         .to_str()
         .ok()?

@@ -137,6 +137,8 @@ pub struct ListenerInfo {
     pub write_timeout: Duration,
     pub body_timeout: Duration,
     pub max_body_bytes: Option<u64>,
+    pub min_body_rate: u64,
+    pub body_rate_grace: Duration,
 }
 
 impl ListenerInfo {
@@ -149,6 +151,8 @@ impl ListenerInfo {
             write_timeout: config.write_timeout,
             body_timeout: config.body_timeout,
             max_body_bytes: config.max_body_bytes,
+            min_body_rate: config.min_body_rate,
+            body_rate_grace: config.body_rate_grace,
         }
     }
 }

@@ -135,22 +135,45 @@ async fn a_keep_alive_request_head_is_timed_too_and_idle_connections_are_closed(
     assert_eq!(counters.timeouts(ClientTimeout::Idle), 1);
 }
 
-#[tokio::test]
-async fn a_trickled_body_gets_408_and_frees_the_slot() {
-    let backend = spawn_backend().await;
-    let weir = weir_with(&backend, "body_timeout = \"300ms\"", "max_concurrency = 1").await;
+/// Sends the head and 10 of 100 announced body bytes, then nothing; returns weir's answer.
+async fn stalled_upload(weir: &Weir) -> String {
     let mut stream = TcpStream::connect(weir.addr).await.unwrap();
     stream
         .write_all(b"POST /consume HTTP/1.1\r\nHost: app\r\nContent-Length: 100\r\n\r\n0123456789")
         .await
         .unwrap();
-    let answer = read_until_closed(&mut stream).await;
+    read_until_closed(&mut stream).await
+}
+
+#[tokio::test]
+async fn a_stalled_buffered_body_gets_408_without_reaching_the_pool() {
+    let backend = spawn_backend().await;
+    let weir = weir_with(&backend, "body_timeout = \"300ms\"", "max_concurrency = 1").await;
+    let answer = stalled_upload(&weir).await;
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
+    assert!(answer.contains("x-weir-reject: body_timeout"), "{answer:?}");
+    assert_eq!(weir.listener().counters.timeouts(ClientTimeout::Body), 1);
+    // Read before admission: the backend never saw it, no slot was taken.
+    assert_eq!(backend.stats.seen(), 0);
+    assert_eq!(weir.upstream("app").pool().in_flight(), 0);
+}
+
+#[tokio::test]
+async fn a_stalled_streamed_body_gets_408_and_frees_the_slot() {
+    let backend = spawn_backend().await;
+    let weir = weir_with(
+        &backend,
+        "body_timeout = \"300ms\"",
+        "max_concurrency = 1\nrequest_buffer = 0",
+    )
+    .await;
+    let answer = stalled_upload(&weir).await;
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
     assert!(answer.contains("x-weir-reject: body_timeout"), "{answer:?}");
     let pool = weir.upstream("app").pool();
     until("the slot to be freed", || pool.in_flight() == 0).await;
     assert_eq!(weir.listener().counters.timeouts(ClientTimeout::Body), 1);
-    // The backend's request was aborted, not completed with a short body.
+    // Streamed: the backend's request was aborted, not completed with a short body.
     backend.stats.wait_cancelled(1).await;
     // The single slot serves the next request.
     assert_eq!(get(&client(), &weir.url("/")).await.0, StatusCode::OK);

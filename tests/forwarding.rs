@@ -209,7 +209,8 @@ async fn a_64_mib_body_streams_both_ways_without_being_buffered() {
     const CHUNK: usize = 64 * 1024;
     const TOTAL: usize = 64 * 1024 * 1024;
     let backend = spawn_backend().await;
-    let weir = spawn_weir(&upstream_toml(backend.addr, "")).await;
+    // Buffering off: bodies stream both ways (what large uploads and gRPC streaming use).
+    let weir = spawn_weir(&upstream_toml(backend.addr, "request_buffer = 0")).await;
 
     let (tx, rx) = mpsc::channel::<Bytes>(1);
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -262,4 +263,60 @@ async fn a_64_mib_body_streams_both_ways_without_being_buffered() {
     assert_eq!(received, TOTAL);
     assert_eq!(received_sum, (0..TOTAL / CHUNK).map(chunk_sum).sum::<u64>());
     assert_eq!(weir.upstream("app").pool().in_flight(), 0);
+}
+
+/// POSTs `total` bytes to `/consume` as a chunked body (no Content-Length).
+async fn chunked_upload(weir: &Weir, total: usize) -> (StatusCode, http::HeaderMap, Bytes) {
+    let chunks: Vec<Result<Frame<Bytes>, std::io::Error>> = (0..total / 65536)
+        .map(|_| Ok(Frame::data(Bytes::from(vec![b'u'; 65536]))))
+        .collect();
+    let body = StreamBody::new(futures_util::stream::iter(chunks));
+    let client = Client::builder(TokioExecutor::new()).build_http::<StreamBody<_>>();
+    let resp = within(
+        "the upload's answer",
+        client.request(Request::post(weir.url("/consume")).body(body).unwrap()),
+    )
+    .await
+    .unwrap();
+    let (parts, body) = resp.into_parts();
+    (
+        parts.status,
+        parts.headers,
+        body.collect().await.unwrap().to_bytes(),
+    )
+}
+
+#[tokio::test]
+async fn a_body_over_request_buffer_streams_on_by_default_or_gets_413() {
+    let backend = spawn_backend().await;
+    let weir = spawn_weir(&upstream_toml(backend.addr, "request_buffer = \"256KiB\"")).await;
+    // 1 MiB, chunked: the first 256 KiB are buffered, then the rest streams.
+    let (status, _, body) = chunked_upload(&weir, 1 << 20).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"1048576");
+    // Announced: the same.
+    let req = Request::post(weir.url("/consume"))
+        .body(Full::new(Bytes::from(vec![b'a'; 300_000])))
+        .unwrap();
+    let (status, _, body) = send(&client(), req).await;
+    assert_eq!((status, &body[..]), (StatusCode::OK, &b"300000"[..]));
+
+    let rejecting = spawn_weir(&upstream_toml(
+        backend.addr,
+        "request_buffer = \"256KiB\"\noversized_body = \"reject\"",
+    ))
+    .await;
+    let (status, headers, _) = chunked_upload(&rejecting, 1 << 20).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(headers["x-weir-reject"], "body_too_large");
+    let req = Request::post(rejecting.url("/consume"))
+        .body(Full::new(Bytes::from(vec![b'a'; 300_000])))
+        .unwrap();
+    assert_eq!(send(&client(), req).await.0, StatusCode::PAYLOAD_TOO_LARGE);
+    // Within the buffer: served.
+    let req = Request::post(rejecting.url("/consume"))
+        .body(Full::new(Bytes::from(vec![b'a'; 1000])))
+        .unwrap();
+    assert_eq!(send(&client(), req).await.0, StatusCode::OK);
+    assert_eq!(rejecting.upstream("app").pool().in_flight(), 0);
 }

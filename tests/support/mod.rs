@@ -249,6 +249,7 @@ fn render_headers(headers: &HeaderMap) -> String {
 /// A running weir.
 pub struct Weir {
     pub addr: SocketAddr,
+    pub proxy: Arc<weir::proxy::Proxy>,
     listener: Arc<weir::stats::ListenerInfo>,
     pub reloader: weir::Reloader,
     server_upstreams: Vec<Arc<Upstream>>,
@@ -312,8 +313,9 @@ pub async fn spawn_weir_with(body: &str, options: Options) -> Weir {
 
 /// Starts weir with `listener_keys` added to its `[[listener]]` block.
 pub async fn spawn_weir_on(body: &str, listener_keys: &str, options: Options) -> Weir {
-    let (top, rest): (Vec<&str>, Vec<&str>) =
-        body.lines().partition(|l| l.starts_with("drain_timeout"));
+    let (top, rest): (Vec<&str>, Vec<&str>) = body
+        .lines()
+        .partition(|l| l.starts_with("drain_timeout") || l.starts_with("max_buffered_bytes"));
     let text = format!(
         "{}\n[[listener]]\nname = \"test\"\naddr = \"127.0.0.1:0\"\n{listener_keys}\n{}",
         top.join("\n"),
@@ -324,6 +326,7 @@ pub async fn spawn_weir_on(body: &str, listener_keys: &str, options: Options) ->
     let server = Server::bind(config, options).await.unwrap();
     let addr = server.local_addrs()[0].1;
     let listener = server.listener("test").expect("the test listener");
+    let proxy = server.proxy();
     let reloader = server.reloader();
     let server_upstreams = names.iter().filter_map(|n| server.upstream(n)).collect();
     let (tx, rx) = oneshot::channel::<()>();
@@ -332,6 +335,7 @@ pub async fn spawn_weir_on(body: &str, listener_keys: &str, options: Options) ->
     }));
     Weir {
         addr,
+        proxy,
         listener,
         reloader,
         server_upstreams,

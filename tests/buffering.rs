@@ -1,0 +1,139 @@
+//! Slow clients never hold a backend slot: request bodies are read before admission, under a
+//! global memory cap.
+
+mod support;
+
+use std::time::Duration;
+
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use weir::error::Reason;
+
+use support::*;
+
+/// Opens an upload of `announced` bytes, sends `sent` of them at once, then trickles one byte
+/// every `every` until the connection ends; returns weir's answer (empty if none came).
+async fn upload(stream: TcpStream, announced: usize, sent: usize, every: Duration) -> String {
+    let (mut read, mut write) = stream.into_split();
+    let head =
+        format!("POST /consume HTTP/1.1\r\nHost: app\r\nContent-Length: {announced}\r\n\r\n");
+    write.write_all(head.as_bytes()).await.unwrap();
+    write.write_all(&vec![b'u'; sent]).await.unwrap();
+    let trickle = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        for _ in sent..announced {
+            tick.tick().await;
+            if write.write_all(b"u").await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut answer = Vec::new();
+    let _ = read.read_to_end(&mut answer).await;
+    trickle.abort();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    pages * 4096
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_trickling_uploads_never_reach_the_backend_or_take_a_slot() {
+    let backend = spawn_backend().await;
+    let weir = spawn_weir(&upstream_toml(
+        backend.addr,
+        "max_concurrency = 16\nmax_queue = 16",
+    ))
+    .await;
+    let mut uploads = Vec::new();
+    for _ in 0..500 {
+        let stream = TcpStream::connect(weir.addr).await.unwrap();
+        uploads.push(tokio::spawn(upload(
+            stream,
+            50 * 1024,
+            0,
+            Duration::from_secs(1),
+        )));
+    }
+    let pool = weir.upstream("app").pool();
+    let info = weir.listener();
+    until("500 uploads to be connected", || {
+        info.counters.active() >= 500
+    })
+    .await;
+
+    // An ordinary client at a steady pace: every request is admitted and answered.
+    let client = client();
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    for _ in 0..200 {
+        tick.tick().await;
+        assert_eq!(get(&client, &weir.url("/")).await.0, StatusCode::OK);
+    }
+    assert_eq!(
+        backend.stats.seen(),
+        200,
+        "a slow upload reached the backend"
+    );
+    assert_eq!((pool.in_flight(), pool.queue_depth()), (0, 0));
+    for u in uploads {
+        u.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_buffer_cap_holds_under_a_thousand_concurrent_uploads() {
+    const CAP: usize = 4 << 20;
+    const BODY: usize = 64 * 1024;
+    let backend = spawn_backend().await;
+    let weir = spawn_weir(&format!(
+        "max_buffered_bytes = \"4MiB\"\n{}",
+        upstream_toml(backend.addr, "")
+    ))
+    .await;
+    let before = resident_bytes();
+    // Each announces 64 KiB, sends half, and stalls: it holds its reservation until it ends.
+    let mut uploads = Vec::new();
+    for _ in 0..1000 {
+        let stream = TcpStream::connect(weir.addr).await.unwrap();
+        uploads.push(tokio::spawn(upload(
+            stream,
+            BODY,
+            BODY / 2,
+            Duration::from_secs(3600),
+        )));
+    }
+    let buffers = weir.proxy.buffers();
+    let counters = weir.upstream("app").pool().counters();
+    until("every upload to be buffered or refused", || {
+        buffers.used() == CAP && counters.rejected(Reason::BufferFull) == (1000 - CAP / BODY) as u64
+    })
+    .await;
+    assert!(buffers.used() <= buffers.capacity());
+    let grown = resident_bytes().saturating_sub(before);
+    assert!(
+        grown < (CAP + (64 << 20)) as u64,
+        "resident memory grew by {grown} bytes with a {CAP}-byte cap"
+    );
+    assert_eq!(backend.stats.seen(), 0);
+    // While the cap is full, a new upload is told why at once.
+    let stream = TcpStream::connect(weir.addr).await.unwrap();
+    let answer = within(
+        "a refusal",
+        upload(stream, BODY, 0, Duration::from_secs(3600)),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer:?}");
+    assert!(answer.contains("x-weir-reject: buffer_full"), "{answer:?}");
+    assert!(answer.contains("retry-after"), "{answer:?}");
+    for u in uploads {
+        u.abort();
+    }
+}
