@@ -38,8 +38,15 @@ pin_project! {
     pub enum ResponseBody {
         /// A complete body of weir's own (error pages).
         Full { data: Option<Bytes> },
-        /// The backend's body, streamed.
+        /// The backend's whole response, read before the head was sent; its slot is already free.
+        Buffered {
+            frames: VecDeque<Frame<Bytes>>,
+            reservation: Reservation,
+        },
+        /// The backend's body, streamed: first what was buffered, then the rest as it comes.
         Upstream {
+            prefix: VecDeque<Frame<Bytes>>,
+            reservation: Reservation,
             #[pin]
             inner: Incoming,
             #[pin]
@@ -67,6 +74,23 @@ impl ResponseBody {
 
     /// Streams `inner` under `deadline`, holding `permit` until the backend is done.
     pub fn upstream(inner: Incoming, permit: Permit, deadline: Sleep) -> ResponseBody {
+        Self::upstream_after(
+            VecDeque::new(),
+            Reservation::default(),
+            inner,
+            permit,
+            deadline,
+        )
+    }
+
+    /// Like [`ResponseBody::upstream`], sending the already-read `prefix` first.
+    pub fn upstream_after(
+        prefix: VecDeque<Frame<Bytes>>,
+        reservation: Reservation,
+        inner: Incoming,
+        permit: Permit,
+        deadline: Sleep,
+    ) -> ResponseBody {
         // A body that is already complete (204, 304, HEAD, Content-Length: 0) may never be polled:
         // free the slot now.
         let exchange = (!inner.is_end_stream()).then_some(Exchange {
@@ -74,9 +98,19 @@ impl ResponseBody {
             ended: false,
         });
         ResponseBody::Upstream {
+            prefix,
+            reservation,
             inner,
             deadline,
             exchange,
+        }
+    }
+
+    /// A response read whole; `reservation` holds its bytes in the buffer budget until sent.
+    pub fn buffered(frames: VecDeque<Frame<Bytes>>, reservation: Reservation) -> ResponseBody {
+        ResponseBody::Buffered {
+            frames,
+            reservation,
         }
     }
 }
@@ -111,11 +145,17 @@ impl Body for ResponseBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.project() {
             Proj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Proj::Buffered { frames, .. } => Poll::Ready(frames.pop_front().map(Ok)),
             Proj::Upstream {
+                prefix,
                 mut inner,
                 deadline,
                 exchange,
+                ..
             } => {
+                if let Some(frame) = prefix.pop_front() {
+                    return Poll::Ready(Some(Ok(frame)));
+                }
                 if exchange.is_none() {
                     // Ended: either complete (inner reports its end) or cut off.
                     return if inner.is_end_stream() {
@@ -152,7 +192,10 @@ impl Body for ResponseBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ResponseBody::Full { data } => data.is_none(),
-            ResponseBody::Upstream { inner, .. } => inner.is_end_stream(),
+            ResponseBody::Buffered { frames, .. } => frames.is_empty(),
+            ResponseBody::Upstream { prefix, inner, .. } => {
+                prefix.is_empty() && inner.is_end_stream()
+            }
         }
     }
 
@@ -161,7 +204,16 @@ impl Body for ResponseBody {
             ResponseBody::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            ResponseBody::Upstream { inner, .. } => inner.size_hint(),
+            ResponseBody::Buffered { frames, .. } => SizeHint::with_exact(data_len(frames)),
+            ResponseBody::Upstream { prefix, inner, .. } => {
+                let (before, rest) = (data_len(prefix), inner.size_hint());
+                let mut hint = SizeHint::new();
+                hint.set_lower(before + rest.lower());
+                if let Some(upper) = rest.upper() {
+                    hint.set_upper(before + upper);
+                }
+                hint
+            }
         }
     }
 }
@@ -358,11 +410,7 @@ impl Body for RequestBody {
     }
 
     fn size_hint(&self) -> SizeHint {
-        let buffered: u64 = self
-            .buffered
-            .iter()
-            .map(|f| f.data_ref().map_or(0, |d| d.len() as u64))
-            .sum();
+        let buffered = data_len(&self.buffered);
         match &self.client {
             None => SizeHint::with_exact(buffered),
             Some(client) => {
@@ -376,4 +424,12 @@ impl Body for RequestBody {
             }
         }
     }
+}
+
+/// Bytes of data in `frames`.
+fn data_len(frames: &VecDeque<Frame<Bytes>>) -> u64 {
+    frames
+        .iter()
+        .map(|f| f.data_ref().map_or(0, |d| d.len() as u64))
+        .sum()
 }

@@ -128,6 +128,9 @@ pub struct UpstreamConfig {
     pub request_buffer: u64,
     /// What happens to a body larger than `request_buffer`.
     pub oversized_body: OversizedBody,
+    /// Responses up to this size are read whole from the backend, as fast as it sends them, so
+    /// its slot is freed while a slow client is still being served; 0 streams every response.
+    pub response_buffer: u64,
 }
 
 /// What weir does with a request body larger than `request_buffer`.
@@ -367,6 +370,7 @@ struct RawUpstream {
     retry_after: Option<String>,
     request_buffer: Option<RawSize>,
     oversized_body: Option<OversizedBody>,
+    response_buffer: Option<RawSize>,
 }
 
 #[derive(Deserialize)]
@@ -400,6 +404,7 @@ pub mod defaults {
     pub const HTTP2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
     pub const MAX_HEADER_BYTES: usize = 64 * 1024;
     pub const REQUEST_BUFFER: u64 = 1 << 20;
+    pub const RESPONSE_BUFFER: u64 = 1 << 20;
     pub const MAX_BUFFERED_BYTES: u64 = 256 << 20;
     pub const MIN_BODY_RATE: u64 = 1024;
     pub const BODY_RATE_GRACE: Duration = Duration::from_secs(10);
@@ -708,8 +713,12 @@ impl Validator {
         let request_buffer = self
             .size(at("request_buffer"), raw.request_buffer, 0, 1 << 30)
             .unwrap_or(defaults::REQUEST_BUFFER);
+        let response_buffer = self
+            .size(at("response_buffer"), raw.response_buffer, 0, 1 << 30)
+            .unwrap_or(defaults::RESPONSE_BUFFER);
         UpstreamConfig {
             request_buffer,
+            response_buffer,
             oversized_body: raw.oversized_body.unwrap_or(OversizedBody::Stream),
             name,
             addr,

@@ -14,9 +14,14 @@ use tokio::time::Instant;
 
 use crate::admission::{Pool, Rejected};
 use crate::body::{RequestBody, RequestBodyError, ResponseBody};
+use crate::buffer::{BufferPool, Reservation};
 use crate::config::{OversizedBody, Protocol, UpstreamConfig};
 use crate::error::{BoxError, ProxyError};
 use crate::stats::ListenerInfo;
+use http_body::Body as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use std::collections::VecDeque;
 
 /// Called after a request is admitted and before it is forwarded. Tests use it to inject faults
 /// (a panic) at the point where a slot is held; production runs have none.
@@ -56,6 +61,7 @@ pub struct Upstream {
     retry_after: HeaderValue,
     request_buffer: u64,
     oversized_body: OversizedBody,
+    response_buffer: u64,
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -94,6 +100,7 @@ impl Upstream {
             request_timeout: cfg.request_timeout,
             retry_after: HeaderValue::from(cfg.retry_after_secs),
             request_buffer: cfg.request_buffer,
+            response_buffer: cfg.response_buffer,
             oversized_body: cfg.oversized_body,
         }
     }
@@ -122,6 +129,7 @@ impl Upstream {
         body: RequestBody,
         client: &ClientInfo,
         hook: Option<&RequestHook>,
+        buffers: &BufferPool,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let permit = self.pool.admit().await.map_err(|r| match r {
             Rejected::QueueFull => ProxyError::QueueFull,
@@ -138,8 +146,60 @@ impl Upstream {
             .map_err(classify)?;
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let body = ResponseBody::upstream(body, permit, tokio::time::sleep_until(deadline));
+        let body = if self.response_buffer > 0 && bufferable(&parts) {
+            self.buffer_response(body, permit, deadline, buffers)
+                .await?
+        } else {
+            ResponseBody::upstream(body, permit, tokio::time::sleep_until(deadline))
+        };
         Ok(Response::from_parts(parts, body))
+    }
+
+    /// Reads the backend's response as fast as it sends it, up to `response_buffer` bytes. A
+    /// response that ends within that is returned whole and its slot freed at once (the backend
+    /// connection goes back to the pool), however slowly the client then reads it; a larger one,
+    /// or one that does not fit the buffer budget, streams on after what was read, keeping its
+    /// slot. Nothing has reached the client yet, so a deadline or backend failure here can still
+    /// be answered 504 / 502.
+    async fn buffer_response(
+        &self,
+        mut body: Incoming,
+        permit: crate::admission::Permit,
+        deadline: Instant,
+        buffers: &BufferPool,
+    ) -> Result<ResponseBody, ProxyError> {
+        let mut frames = VecDeque::new();
+        let mut reservation = Reservation::default();
+        let mut size = 0u64;
+        loop {
+            if body.is_end_stream() {
+                drop(permit);
+                return Ok(ResponseBody::buffered(frames, reservation));
+            }
+            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+                Err(_) => return Err(ProxyError::UpstreamTimeout),
+                Ok(None) => {
+                    drop(permit);
+                    return Ok(ResponseBody::buffered(frames, reservation));
+                }
+                Ok(Some(Err(e))) => return Err(ProxyError::UpstreamReset(Box::new(e))),
+                Ok(Some(Ok(frame))) => frame,
+            };
+            let len = frame.data_ref().map_or(0, |d| d.len());
+            size += len as u64;
+            let fits = buffers.grow(&mut reservation, len).is_ok();
+            frames.push_back(frame);
+            if size > self.response_buffer || !fits {
+                let sleep = tokio::time::sleep_until(deadline);
+                return Ok(ResponseBody::upstream_after(
+                    frames,
+                    reservation,
+                    body,
+                    permit,
+                    sleep,
+                ));
+            }
+        }
     }
 
     /// Turns the client's request into the backend's: origin URI on the backend's address,
@@ -197,6 +257,17 @@ impl Upstream {
             .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
         Ok(Request::from_parts(parts, body))
     }
+}
+
+/// Whether a response may be held back until it is complete. Event streams and gRPC are
+/// delivered as they come; so is a response that announces more than the buffer could hold
+/// (checked by the caller through its size as it reads).
+fn bufferable(parts: &http::response::Parts) -> bool {
+    let streaming = parts.headers.get(header::CONTENT_TYPE).is_some_and(|ct| {
+        let ct = ct.as_bytes();
+        ct.starts_with(b"text/event-stream") || ct.starts_with(b"application/grpc")
+    });
+    !streaming
 }
 
 /// Appends the client's address to `X-Forwarded-For`, keeping what earlier proxies wrote.

@@ -80,7 +80,7 @@ impl Proxy {
         let outcome = AssertUnwindSafe(async {
             let body = self.prepare_body(upstream, &parts, body, client).await?;
             upstream
-                .forward(parts, body, client, self.hook.as_ref())
+                .forward(parts, body, client, self.hook.as_ref(), &self.buffers)
                 .await
         })
         .catch_unwind()

@@ -5,8 +5,10 @@ mod support;
 
 use std::time::Duration;
 
-use http::StatusCode;
+use http::{Request, StatusCode};
+use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpSocket;
 use tokio::net::TcpStream;
 use weir::error::Reason;
 
@@ -136,4 +138,85 @@ async fn the_buffer_cap_holds_under_a_thousand_concurrent_uploads() {
     for u in uploads {
         u.abort();
     }
+}
+
+/// Slow readers whose responses are larger than the socket buffers between weir and them can
+/// absorb (the kernel grows a send buffer up to 4 MiB), so the bytes must wait somewhere: in weir's
+/// response buffer, with the backend slot already free, not in a backend exchange holding it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_do_not_hold_backend_slots() {
+    const SIZE: usize = 6 << 20;
+    const READERS: usize = 20;
+    let backend = spawn_backend().await;
+    let weir = spawn_weir(&upstream_toml(
+        backend.addr,
+        "max_concurrency = 16\nmax_queue = 64\nresponse_buffer = \"8MiB\"",
+    ))
+    .await;
+    let mut readers = Vec::new();
+    for _ in 0..READERS {
+        // A small receive buffer: the client really does take the response a little at a time.
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(weir.addr).await.unwrap();
+        stream
+            .write_all(format!("GET /bytes/{SIZE} HTTP/1.1\r\nHost: app\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        readers.push(stream);
+    }
+    backend.stats.wait_seen(READERS).await;
+    let pool = weir.upstream("app").pool();
+    // Every response was read from the backend whole: the slots are free while the clients have
+    // taken almost none of it, and the rest waits in weir's buffers.
+    until("every slot to be freed", || {
+        pool.in_flight() == 0 && pool.queue_depth() == 0
+    })
+    .await;
+    assert!(weir.proxy.buffers().used() > 0);
+    let client = client();
+    for _ in 0..50 {
+        assert_eq!(get(&client, &weir.url("/")).await.0, StatusCode::OK);
+    }
+    // A slow reader still gets its whole response, byte for byte.
+    let mut first = readers.swap_remove(0);
+    let (mut xs, mut buf) = (0, vec![0u8; 65536]);
+    while xs < SIZE {
+        let n = within("the slow reader's bytes", first.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(n > 0, "closed early after {xs} bytes");
+        xs += buf[..n].iter().filter(|&&b| b == b'x').count();
+    }
+    assert_eq!(xs, SIZE);
+}
+
+#[tokio::test]
+async fn server_sent_events_arrive_one_by_one() {
+    let backend = spawn_backend().await;
+    let weir = spawn_weir(&upstream_toml(backend.addr, "")).await;
+    let resp = within(
+        "the event stream's head",
+        client().request(
+            Request::get(weir.url("/sse"))
+                .body(Full::default())
+                .unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(resp.headers()["content-type"], "text/event-stream");
+    let mut body = resp.into_body();
+    // The first event arrives while the backend still holds back the second.
+    let first = within("the first event", body.frame())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.into_data().unwrap(), &b"data: one\n\n"[..]);
+    backend.stats.open_gate(1);
+    let second = within("the second event", body.frame())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.into_data().unwrap(), &b"data: two\n\n"[..]);
 }

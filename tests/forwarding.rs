@@ -85,7 +85,12 @@ async fn deadline_before_the_head_answers_504_and_cancels_the_backend() {
 #[tokio::test]
 async fn deadline_after_the_head_cuts_the_response_off() {
     let backend = spawn_backend().await;
-    let weir = spawn_weir(&upstream_toml(backend.addr, "request_timeout = \"300ms\"")).await;
+    // Streamed responses: the head goes out before the body is complete.
+    let weir = spawn_weir(&upstream_toml(
+        backend.addr,
+        "request_timeout = \"300ms\"\nresponse_buffer = 0",
+    ))
+    .await;
     let resp = within(
         "the head",
         client().request(
@@ -210,7 +215,11 @@ async fn a_64_mib_body_streams_both_ways_without_being_buffered() {
     const TOTAL: usize = 64 * 1024 * 1024;
     let backend = spawn_backend().await;
     // Buffering off: bodies stream both ways (what large uploads and gRPC streaming use).
-    let weir = spawn_weir(&upstream_toml(backend.addr, "request_buffer = 0")).await;
+    let weir = spawn_weir(&upstream_toml(
+        backend.addr,
+        "request_buffer = 0\nresponse_buffer = 0",
+    ))
+    .await;
 
     let (tx, rx) = mpsc::channel::<Bytes>(1);
     let stream = futures_util::stream::unfold(rx, |mut rx| async move {
@@ -319,4 +328,16 @@ async fn a_body_over_request_buffer_streams_on_by_default_or_gets_413() {
         .unwrap();
     assert_eq!(send(&client(), req).await.0, StatusCode::OK);
     assert_eq!(rejecting.upstream("app").pool().in_flight(), 0);
+}
+
+#[tokio::test]
+async fn a_deadline_while_buffering_the_response_answers_504() {
+    let backend = spawn_backend().await;
+    let weir = spawn_weir(&upstream_toml(backend.addr, "request_timeout = \"300ms\"")).await;
+    let (status, headers, _) = get(&client(), &weir.url("/head-then-hang")).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(headers["x-weir-reject"], "deadline");
+    backend.stats.wait_cancelled(1).await;
+    assert_eq!(weir.upstream("app").pool().in_flight(), 0);
+    assert_eq!(weir.proxy.buffers().used(), 0);
 }

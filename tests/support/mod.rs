@@ -155,7 +155,7 @@ impl Drop for Backend {
 /// `/sleep/MS`, `/hang` (never answers), `/gate` (answers when the test opens the gate),
 /// `/echo` (streams the body back), `/consume` (reads the whole body, then answers its length), `/headers` (lists the request headers), `/hop` (answers with
 /// hop-by-hop headers), `/head-then-hang` (sends a head and one chunk, then nothing),
-/// `/bytes/N` (N bytes), anything else: "ok".
+/// `/bytes/N` (N bytes), `/sse` (an event, then another once the gate opens), anything else: "ok".
 pub async fn spawn_backend() -> Backend {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -188,6 +188,22 @@ async fn handle(
 ) -> Result<Response<TestBody>, Infallible> {
     let mut guard = InHandler::enter(&stats);
     let path = req.uri().path().to_string();
+    if path == "/sse" {
+        // One event at once, the next only when the test opens the gate.
+        let stats = Arc::clone(&stats);
+        let events = futures_util::stream::once(async {
+            Ok(Frame::data(Bytes::from_static(b"data: one\n\n")))
+        })
+        .chain(futures_util::stream::once(async move {
+            let _ = stats.gate.acquire().await.map(|p| p.forget());
+            Ok(Frame::data(Bytes::from_static(b"data: two\n\n")))
+        }));
+        guard.done = true;
+        let mut r = Response::new(BodyExt::boxed(StreamBody::new(events)));
+        r.headers_mut()
+            .insert("content-type", "text/event-stream".parse().unwrap());
+        return Ok(r);
+    }
     if path == "/head-then-hang" {
         // The body owns the guard: dropping it before the end counts a cancellation.
         let stream = futures_util::stream::once(async {
