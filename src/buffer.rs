@@ -3,8 +3,7 @@
 //! buffer is accounted for exactly as long as it exists, on every path.
 
 use std::sync::Arc;
-
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The budget is full: the request is answered 503 `buffer_full` rather than waiting, so memory
 /// pressure sheds load instead of queueing it.
@@ -12,33 +11,33 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 #[error("max_buffered_bytes is reached")]
 pub struct BufferFull;
 
-/// Bytes that request buffers may hold, shared by every listener and upstream.
+/// Bytes that request and response buffers may hold, shared by every listener and upstream.
+/// A plain atomic counter: nothing ever waits for buffer space (a full budget is an answer, not a
+/// queue), so no semaphore and no lock is needed on the request path.
 #[derive(Debug)]
 pub struct BufferPool {
-    bytes: Arc<Semaphore>,
+    used: Arc<AtomicUsize>,
     capacity: usize,
 }
 
-/// Bytes held by one request's buffer.
+/// Bytes held by one buffer, given back to the pool when dropped.
 #[derive(Debug, Default)]
 pub struct Reservation {
-    permit: Option<OwnedSemaphorePermit>,
+    pool: Option<Arc<AtomicUsize>>,
+    bytes: usize,
 }
 
 impl BufferPool {
     pub fn new(capacity: u64) -> BufferPool {
-        let capacity = usize::try_from(capacity)
-            .unwrap_or(usize::MAX)
-            .min(Semaphore::MAX_PERMITS);
         BufferPool {
-            bytes: Arc::new(Semaphore::new(capacity)),
-            capacity,
+            used: Arc::new(AtomicUsize::new(0)),
+            capacity: usize::try_from(capacity).unwrap_or(usize::MAX),
         }
     }
 
     /// Bytes held by all buffers now.
     pub fn used(&self) -> usize {
-        self.capacity - self.bytes.available_permits()
+        self.used.load(Ordering::Relaxed)
     }
 
     pub fn capacity(&self) -> usize {
@@ -50,14 +49,15 @@ impl BufferPool {
         if n == 0 {
             return Ok(());
         }
-        let n = u32::try_from(n).map_err(|_| BufferFull)?;
-        let more = Arc::clone(&self.bytes)
-            .try_acquire_many_owned(n)
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|total| *total <= self.capacity)
+            })
             .map_err(|_| BufferFull)?;
-        match &mut reservation.permit {
-            Some(held) => held.merge(more),
-            None => reservation.permit = Some(more),
+        if reservation.pool.is_none() {
+            reservation.pool = Some(Arc::clone(&self.used));
         }
+        reservation.bytes += n;
         Ok(())
     }
 }
@@ -65,9 +65,15 @@ impl BufferPool {
 impl Reservation {
     /// Bytes this reservation holds.
     pub fn bytes(&self) -> usize {
-        self.permit
-            .as_ref()
-            .map_or(0, OwnedSemaphorePermit::num_permits)
+        self.bytes
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            pool.fetch_sub(self.bytes, Ordering::AcqRel);
+        }
     }
 }
 
