@@ -206,13 +206,7 @@ impl Body for ResponseBody {
             }
             ResponseBody::Buffered { frames, .. } => SizeHint::with_exact(data_len(frames)),
             ResponseBody::Upstream { prefix, inner, .. } => {
-                let (before, rest) = (data_len(prefix), inner.size_hint());
-                let mut hint = SizeHint::new();
-                hint.set_lower(before + rest.lower());
-                if let Some(upper) = rest.upper() {
-                    hint.set_upper(before + upper);
-                }
-                hint
+                hint_after(data_len(prefix), inner.size_hint())
             }
         }
     }
@@ -413,15 +407,7 @@ impl Body for RequestBody {
         let buffered = data_len(&self.buffered);
         match &self.client {
             None => SizeHint::with_exact(buffered),
-            Some(client) => {
-                let rest = client.size_hint();
-                let mut hint = SizeHint::new();
-                hint.set_lower(buffered + rest.lower());
-                if let Some(upper) = rest.upper() {
-                    hint.set_upper(buffered + upper);
-                }
-                hint
-            }
+            Some(client) => hint_after(buffered, client.size_hint()),
         }
     }
 }
@@ -432,4 +418,14 @@ fn data_len(frames: &VecDeque<Frame<Bytes>>) -> u64 {
         .iter()
         .map(|f| f.data_ref().map_or(0, |d| d.len() as u64))
         .sum()
+}
+
+/// The size of a body made of `before` bytes already read, then a stream hinted as `rest`.
+fn hint_after(before: u64, rest: SizeHint) -> SizeHint {
+    let mut hint = SizeHint::new();
+    hint.set_lower(before + rest.lower());
+    if let Some(upper) = rest.upper() {
+        hint.set_upper(before + upper);
+    }
+    hint
 }
