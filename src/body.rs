@@ -245,7 +245,6 @@ pub struct RequestBody {
     last_progress: Instant,
     received: u64,
     limit: u64,
-    failed: bool,
 }
 
 /// How [`RequestBody::buffer`] ended.
@@ -270,7 +269,6 @@ impl RequestBody {
             last_progress: now,
             received: 0,
             limit: listener.max_body_bytes.unwrap_or(u64::MAX),
-            failed: false,
         }
     }
 
@@ -302,11 +300,11 @@ impl RequestBody {
             }
             match std::future::poll_fn(|cx| self.poll_client(cx)).await {
                 Some(Ok(frame)) => {
-                    let len = frame.data_ref().map_or(0, Bytes::len);
-                    if reservation.bytes() < self.received as usize {
-                        if let Err(e) = pool.grow(&mut reservation, len) {
-                            break Err(RequestBodyError::from(e));
-                        }
+                    // Hold budget for every byte received; an announced length was reserved
+                    // up front, so then there is nothing to add.
+                    let shortfall = (self.received as usize).saturating_sub(reservation.bytes());
+                    if let Err(e) = pool.grow(&mut reservation, shortfall) {
+                        break Err(RequestBodyError::from(e));
                     }
                     self.buffered.push_back(frame);
                 }
@@ -371,8 +369,8 @@ impl RequestBody {
         }
     }
 
+    /// Ends the body with `e`; it reports its end from then on.
     fn fail<T>(&mut self, e: RequestBodyError) -> Poll<Option<Result<T, RequestBodyError>>> {
-        self.failed = true;
         self.client = None;
         Poll::Ready(Some(Err(e)))
     }
@@ -400,7 +398,7 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.buffered.is_empty() && (self.failed || self.client.is_none())
+        self.buffered.is_empty() && self.client.is_none()
     }
 
     fn size_hint(&self) -> SizeHint {

@@ -4,14 +4,14 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
-use http::{HeaderValue, Response, StatusCode, header};
+use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 
 use crate::body::{RequestBodyError, ResponseBody};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Header naming why weir answered instead of the backend.
-pub const REJECT_HEADER: &str = "x-weir-reject";
+pub static REJECT_HEADER: HeaderName = HeaderName::from_static("x-weir-reject");
 
 /// Everything that can stop a request from getting the backend's answer.
 #[derive(Debug, thiserror::Error)]
@@ -161,16 +161,22 @@ impl Counters {
 
 impl From<RequestBodyError> for ProxyError {
     fn from(e: RequestBodyError) -> Self {
-        match e {
-            RequestBodyError::Timeout | RequestBodyError::TooSlow => ProxyError::BodyTimeout,
-            RequestBodyError::TooLarge => ProxyError::BodyTooLarge,
-            RequestBodyError::BufferFull => ProxyError::BufferFull,
-            RequestBodyError::Client(e) => ProxyError::ClientBody(Box::new(e)),
-        }
+        ProxyError::for_body(&e).unwrap_or_else(|| ProxyError::ClientBody(Box::new(e)))
     }
 }
 
 impl ProxyError {
+    /// The answer for a request body that failed on weir's limits; `None` when the client's own
+    /// stream broke, whose cause the caller keeps as the source of [`ProxyError::ClientBody`].
+    pub fn for_body(e: &RequestBodyError) -> Option<ProxyError> {
+        match e {
+            RequestBodyError::Timeout | RequestBodyError::TooSlow => Some(ProxyError::BodyTimeout),
+            RequestBodyError::TooLarge => Some(ProxyError::BodyTooLarge),
+            RequestBodyError::BufferFull => Some(ProxyError::BufferFull),
+            RequestBodyError::Client(_) => None,
+        }
+    }
+
     pub fn reason(&self) -> Reason {
         match self {
             ProxyError::NoRoute => Reason::NoRoute,
@@ -241,7 +247,10 @@ impl ProxyError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
-        headers.insert(REJECT_HEADER, HeaderValue::from_static(reason.as_str()));
+        headers.insert(
+            REJECT_HEADER.clone(),
+            HeaderValue::from_static(reason.as_str()),
+        );
         if status == StatusCode::SERVICE_UNAVAILABLE {
             let value = retry_after
                 .cloned()
@@ -278,7 +287,7 @@ mod tests {
             let reason = err.reason();
             let r = err.into_response(None, None);
             assert_eq!(r.status().as_u16(), status, "{reason:?}");
-            assert_eq!(r.headers()[REJECT_HEADER], reason.as_str());
+            assert_eq!(r.headers()[&REJECT_HEADER], reason.as_str());
             assert_eq!(r.headers().contains_key(header::RETRY_AFTER), status == 503);
         }
     }

@@ -341,12 +341,8 @@ fn classify(err: hyper_util::client::legacy::Error) -> ProxyError {
     let mut source = std::error::Error::source(&err);
     while let Some(e) = source {
         if let Some(body) = e.downcast_ref::<RequestBodyError>() {
-            return match body {
-                RequestBodyError::Client(_) => ProxyError::ClientBody(Box::new(err)),
-                RequestBodyError::Timeout | RequestBodyError::TooSlow => ProxyError::BodyTimeout,
-                RequestBodyError::TooLarge => ProxyError::BodyTooLarge,
-                RequestBodyError::BufferFull => ProxyError::BufferFull,
-            };
+            return ProxyError::for_body(body)
+                .unwrap_or_else(|| ProxyError::ClientBody(Box::new(err)));
         }
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
             protocol |= h.is_parse() || h.is_parse_status();
