@@ -242,12 +242,13 @@ impl Config {
         })?;
         let mut v = Validator::default();
         let config = v.config(raw);
-        match config {
-            Some(config) if v.problems.is_empty() => Ok(config),
-            _ => Err(ConfigError {
+        if v.problems.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigError {
                 file: None,
                 problems: v.problems,
-            }),
+            })
         }
     }
 
@@ -424,7 +425,7 @@ impl Validator {
         });
     }
 
-    fn config(&mut self, raw: RawConfig) -> Option<Config> {
+    fn config(&mut self, raw: RawConfig) -> Config {
         let drain_timeout = self.duration(
             "drain_timeout",
             raw.drain_timeout.as_deref(),
@@ -476,13 +477,13 @@ impl Validator {
                 u64::MAX >> 1,
             )
             .unwrap_or(defaults::MAX_BUFFERED_BYTES);
-        Some(Config {
+        Config {
             drain_timeout,
             max_buffered_bytes,
             listeners,
             upstreams,
             routes,
-        })
+        }
     }
 
     fn unique_names<'a>(&mut self, section: &str, names: impl Iterator<Item = &'a str>) {

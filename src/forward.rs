@@ -146,7 +146,7 @@ impl Upstream {
             .map_err(classify)?;
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let body = if self.response_buffer > 0 && bufferable(&parts) {
+        let body = if bufferable(&parts, self.response_buffer) {
             self.buffer_response(body, permit, deadline, buffers)
                 .await?
         } else {
@@ -187,6 +187,8 @@ impl Upstream {
             };
             let len = frame.data_ref().map_or(0, |d| d.len());
             size += len as u64;
+            // When the budget is full, the frame already read is still sent, unreserved: the
+            // overshoot is at most one frame per response, and the rest streams without buffering.
             let fits = buffers.grow(&mut reservation, len).is_ok();
             frames.push_back(frame);
             if size > self.response_buffer || !fits {
@@ -259,15 +261,20 @@ impl Upstream {
     }
 }
 
-/// Whether a response may be held back until it is complete. Event streams and gRPC are
-/// delivered as they come; so is a response that announces more than the buffer could hold
-/// (checked by the caller through its size as it reads).
-fn bufferable(parts: &http::response::Parts) -> bool {
-    let streaming = parts.headers.get(header::CONTENT_TYPE).is_some_and(|ct| {
+/// Whether a response may be held back until it is complete: buffering is on, the response is
+/// not an event stream or gRPC (delivered as they come), and it does not announce more than the
+/// buffer holds (it would only take budget before streaming anyway). A response of unknown length
+/// is tried, and streams on once it outgrows the buffer.
+fn bufferable(parts: &http::response::Parts, response_buffer: u64) -> bool {
+    let headers = &parts.headers;
+    let streaming = headers.get(header::CONTENT_TYPE).is_some_and(|ct| {
         let ct = ct.as_bytes();
         ct.starts_with(b"text/event-stream") || ct.starts_with(b"application/grpc")
     });
-    !streaming
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    response_buffer > 0 && !streaming && announced.is_none_or(|n| n <= response_buffer)
 }
 
 /// Appends the client's address to `X-Forwarded-For`, keeping what earlier proxies wrote.

@@ -103,9 +103,7 @@ impl Proxy {
             }
         }
     }
-}
 
-impl Proxy {
     /// Applies the body limits that can be decided before admission, and reads a body that fits
     /// the upstream's `request_buffer` into memory, so that a slow upload costs a connection and
     /// buffer memory but never a slot or a queue place.

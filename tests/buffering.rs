@@ -220,3 +220,35 @@ async fn server_sent_events_arrive_one_by_one() {
         .unwrap();
     assert_eq!(second.into_data().unwrap(), &b"data: two\n\n"[..]);
 }
+
+#[tokio::test]
+async fn a_response_announced_larger_than_the_buffer_streams_without_taking_budget() {
+    const SIZE: usize = 6 << 20;
+    let backend = spawn_backend().await;
+    let weir = spawn_weir(&upstream_toml(backend.addr, "response_buffer = \"64KiB\"")).await;
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut reader = socket.connect(weir.addr).await.unwrap();
+    reader
+        .write_all(format!("GET /bytes/{SIZE} HTTP/1.1\r\nHost: app\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    backend.stats.wait_seen(1).await;
+    let pool = weir.upstream("app").pool();
+    // The head has arrived: the response is streaming. It holds its slot while the client has not
+    // read it, and no buffer budget (a buffered prefix would hold its bytes until the end).
+    let (mut xs, mut buf) = (0, vec![0u8; 65536]);
+    let n = within("the head", reader.read(&mut buf)).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    xs += buf[..n].iter().filter(|&&b| b == b'x').count();
+    assert_eq!(pool.in_flight(), 1);
+    assert_eq!(weir.proxy.buffers().used(), 0);
+    while xs < SIZE {
+        let n = within("the streamed bytes", reader.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(n > 0, "closed early after {xs} bytes");
+        xs += buf[..n].iter().filter(|&&b| b == b'x').count();
+    }
+    until("the slot to be freed", || pool.in_flight() == 0).await;
+}
