@@ -20,8 +20,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 const CLIENTS: usize = 1000;
@@ -64,13 +62,7 @@ async fn main() {
         let mut tasks = Vec::with_capacity(CLIENTS);
         let (ready_tx, mut ready_rx) = tokio::sync::mpsc::channel::<()>(CLIENTS);
         for _ in 0..CLIENTS {
-            let stream = TcpStream::connect(&addr).await.expect("connect to weir");
-            stream.set_nodelay(true).ok();
-            let (mut sender, conn) =
-                hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-                    .await
-                    .expect("handshake");
-            tokio::spawn(conn);
+            let mut sender = common::connect_h1::<Empty<Bytes>>(&addr).await;
             let mut go = go_rx.clone();
             let ready = ready_tx.clone();
             let host = addr.clone();

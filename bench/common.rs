@@ -68,6 +68,25 @@ pub async fn start_weir(name: &str, config: &str) -> WeirProcess {
     }
 }
 
+/// Opens a keep-alive HTTP/1.1 connection to `addr` (TCP_NODELAY), its driver spawned.
+pub async fn connect_h1<B>(addr: &str) -> hyper::client::conn::http1::SendRequest<B>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to weir");
+    stream.set_nodelay(true).ok();
+    let (sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .expect("HTTP handshake");
+    tokio::spawn(conn);
+    sender
+}
+
 /// CPU time used so far by every thread of process `pid` (from schedstat: nanoseconds on CPU).
 pub fn cpu_time(pid: u32) -> Duration {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -31,13 +30,7 @@ const SLOW_HEAD: &[u8] =
 
 /// Sequential GETs on one keep-alive connection for `PHASE`; returns their latencies, sorted.
 async fn ordinary(addr: &str) -> Vec<Duration> {
-    let stream = TcpStream::connect(addr).await.expect("connect");
-    stream.set_nodelay(true).ok();
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-            .await
-            .expect("handshake");
-    tokio::spawn(conn);
+    let mut sender = common::connect_h1::<Empty<Bytes>>(addr).await;
     let mut took = Vec::new();
     let end = Instant::now() + PHASE;
     while Instant::now() < end {
