@@ -37,6 +37,20 @@ async fn upload(stream: TcpStream, announced: usize, sent: usize, every: Duratio
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+/// Reads a `/bytes/N` response (all 'x') until `size` body bytes have arrived, `got` of them
+/// already; fails if the connection closes first.
+async fn read_body_bytes(stream: &mut TcpStream, mut got: usize, size: usize) {
+    let mut buf = vec![0u8; 65536];
+    while got < size {
+        let n = within("the response bytes", stream.read(&mut buf))
+            .await
+            .unwrap();
+        assert!(n > 0, "closed early after {got} bytes");
+        got += buf[..n].iter().filter(|&&b| b == b'x').count();
+    }
+    assert_eq!(got, size);
+}
+
 fn resident_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
     let pages: u64 = statm
@@ -180,15 +194,7 @@ async fn slow_readers_do_not_hold_backend_slots() {
     }
     // A slow reader still gets its whole response, byte for byte.
     let mut first = readers.swap_remove(0);
-    let (mut xs, mut buf) = (0, vec![0u8; 65536]);
-    while xs < SIZE {
-        let n = within("the slow reader's bytes", first.read(&mut buf))
-            .await
-            .unwrap();
-        assert!(n > 0, "closed early after {xs} bytes");
-        xs += buf[..n].iter().filter(|&&b| b == b'x').count();
-    }
-    assert_eq!(xs, SIZE);
+    read_body_bytes(&mut first, 0, SIZE).await;
 }
 
 #[tokio::test]
@@ -237,18 +243,12 @@ async fn a_response_announced_larger_than_the_buffer_streams_without_taking_budg
     let pool = weir.upstream("app").pool();
     // The head has arrived: the response is streaming. It holds its slot while the client has not
     // read it, and no buffer budget (a buffered prefix would hold its bytes until the end).
-    let (mut xs, mut buf) = (0, vec![0u8; 65536]);
+    let mut buf = vec![0u8; 65536];
     let n = within("the head", reader.read(&mut buf)).await.unwrap();
     assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
-    xs += buf[..n].iter().filter(|&&b| b == b'x').count();
+    let got = buf[..n].iter().filter(|&&b| b == b'x').count();
     assert_eq!(pool.in_flight(), 1);
     assert_eq!(weir.proxy.buffers().used(), 0);
-    while xs < SIZE {
-        let n = within("the streamed bytes", reader.read(&mut buf))
-            .await
-            .unwrap();
-        assert!(n > 0, "closed early after {xs} bytes");
-        xs += buf[..n].iter().filter(|&&b| b == b'x').count();
-    }
+    read_body_bytes(&mut reader, got, SIZE).await;
     until("the slot to be freed", || pool.in_flight() == 0).await;
 }
