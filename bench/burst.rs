@@ -34,7 +34,7 @@ async fn main() {
     let weir = common::start_weir(
         "burst",
         &format!(
-            "[[listener]]\nname = \"bench\"\naddr = \"127.0.0.1:0\"\n\
+            "[admin]\naddr = \"127.0.0.1:0\"\n[log]\naccess = false\n[[listener]]\nname = \"bench\"\naddr = \"127.0.0.1:0\"\n\
              [[upstream]]\nname = \"app\"\naddr = \"{}\"\nmax_concurrency = 16\nmax_queue = 64\n\
              queue_timeout = \"{}ms\"\nrequest_timeout = \"5s\"\n",
             backend.addr,

@@ -156,7 +156,7 @@ async fn throughput(addr: &str) -> f64 {
 
 fn config(backend: std::net::SocketAddr, extra: &str) -> String {
     format!(
-        "[[listener]]\nname = \"bench\"\naddr = \"127.0.0.1:0\"\n\
+        "[admin]\naddr = \"127.0.0.1:0\"\n[log]\naccess = false\n[[listener]]\nname = \"bench\"\naddr = \"127.0.0.1:0\"\n\
          [[upstream]]\nname = \"app\"\naddr = \"{backend}\"\nmax_concurrency = 16\nmax_queue = 64\n{extra}\n"
     )
 }

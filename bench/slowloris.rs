@@ -79,7 +79,7 @@ async fn main() {
     let weir = common::start_weir(
         "slowloris",
         &format!(
-            "[[listener]]\nname = \"bench\"\naddr = \"127.0.0.1:0\"\nmax_connections = 2000\n\
+            "[admin]\naddr = \"127.0.0.1:0\"\n[log]\naccess = false\n[[listener]]\nname = \"bench\"\naddr = \"127.0.0.1:0\"\nmax_connections = 2000\n\
              header_timeout = \"{}s\"\n\
              [[upstream]]\nname = \"app\"\naddr = \"{}\"\nmax_concurrency = 64\n",
             HEADER_TIMEOUT.as_secs(),

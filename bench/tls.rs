@@ -208,7 +208,7 @@ async fn main() {
     let weir = common::start_weir(
         "tls",
         &format!(
-            "[[listener]]\nname = \"bench\"\naddr = \"127.0.0.1:0\"\n\
+            "[admin]\naddr = \"127.0.0.1:0\"\n[log]\naccess = false\n[[listener]]\nname = \"bench\"\naddr = \"127.0.0.1:0\"\n\
              tls = {{ cert = {:?}, key = {:?} }}\n\
              [[upstream]]\nname = \"app\"\naddr = \"{}\"\nmax_concurrency = 256\n",
             certs("chain.pem").display().to_string(),

@@ -6,7 +6,7 @@
 //! future) gives it back. There is no release call to forget.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -30,9 +30,14 @@ pub struct Pool {
     /// One permit per slot. Tokio's semaphore hands released permits to waiters in FIFO order and
     /// `try_acquire` fails while anyone waits, so arrival order is kept.
     slots: Semaphore,
-    max_concurrency: usize,
-    max_queue: usize,
-    queue_timeout: Duration,
+    /// The limits are atomics so that a configuration reload resizes the pool in place: requests
+    /// already admitted or queued keep their slot or place.
+    max_concurrency: AtomicUsize,
+    max_queue: AtomicUsize,
+    queue_timeout_nanos: AtomicU64,
+    /// Slots to retire as they are released: a limit lowered below the slots in use cannot take
+    /// them back from running requests, so the next releases are not returned to the semaphore.
+    retiring: AtomicUsize,
     /// Requests waiting for a slot now.
     queued: AtomicUsize,
     /// Requests holding a slot now.
@@ -57,9 +62,10 @@ impl Pool {
     pub fn new(max_concurrency: usize, max_queue: usize, queue_timeout: Duration) -> Pool {
         Pool {
             slots: Semaphore::new(max_concurrency),
-            max_concurrency,
-            max_queue,
-            queue_timeout,
+            max_concurrency: AtomicUsize::new(max_concurrency),
+            max_queue: AtomicUsize::new(max_queue),
+            queue_timeout_nanos: AtomicU64::new(nanos(queue_timeout)),
+            retiring: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
             in_flight: AtomicUsize::new(0),
             counters: Counters::default(),
@@ -75,7 +81,8 @@ impl Pool {
         }
         let _place = self.enter_queue()?;
         let start = Instant::now();
-        match tokio::time::timeout(self.queue_timeout, self.slots.acquire()).await {
+        let timeout = Duration::from_nanos(self.queue_timeout_nanos.load(Ordering::Relaxed));
+        match tokio::time::timeout(timeout, self.slots.acquire()).await {
             Ok(Ok(slot)) => {
                 slot.forget();
                 Ok(self.permit(start.elapsed()))
@@ -85,10 +92,38 @@ impl Pool {
         }
     }
 
+    /// Applies new limits (a configuration reload). Raising `max_concurrency` frees slots at once;
+    /// lowering it retires free slots now and busy ones as their requests finish, so no admitted
+    /// request is cancelled. Queued requests keep their place even when `max_queue` shrinks below
+    /// the queue's length; new ones are turned away until it is below the limit again.
+    pub fn resize(&self, max_concurrency: usize, max_queue: usize, queue_timeout: Duration) {
+        self.max_queue.store(max_queue, Ordering::Relaxed);
+        self.queue_timeout_nanos
+            .store(nanos(queue_timeout), Ordering::Relaxed);
+        let old = self.max_concurrency.swap(max_concurrency, Ordering::AcqRel);
+        if max_concurrency > old {
+            let mut grow = max_concurrency - old;
+            // Cancel pending retirements first: those slots are still in use and simply stay.
+            let _ = self
+                .retiring
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+                    let cancel = r.min(grow);
+                    Some(r - cancel)
+                })
+                .map(|r| grow -= r.min(grow));
+            self.slots.add_permits(grow);
+        } else if max_concurrency < old {
+            let shrink = old - max_concurrency;
+            let taken = self.slots.forget_permits(shrink);
+            self.retiring.fetch_add(shrink - taken, Ordering::AcqRel);
+        }
+    }
+
     fn enter_queue(&self) -> Result<QueuePlace<'_>, Rejected> {
+        let max_queue = self.max_queue.load(Ordering::Relaxed);
         self.queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
-                (q < self.max_queue).then_some(q + 1)
+                (q < max_queue).then_some(q + 1)
             })
             .map(|_| QueuePlace(self))
             .map_err(|_| Rejected::QueueFull)
@@ -117,12 +152,16 @@ impl Pool {
     }
 
     pub fn max_concurrency(&self) -> usize {
-        self.max_concurrency
+        self.max_concurrency.load(Ordering::Relaxed)
     }
 
     pub fn max_queue(&self) -> usize {
-        self.max_queue
+        self.max_queue.load(Ordering::Relaxed)
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 impl Permit {
@@ -137,8 +176,18 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.pool.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.pool.slots.add_permits(1);
+        let pool = &self.pool;
+        pool.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // Almost always zero: one relaxed load on the common path.
+        if pool.retiring.load(Ordering::Relaxed) > 0
+            && pool
+                .retiring
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1))
+                .is_ok()
+        {
+            return;
+        }
+        pool.slots.add_permits(1);
     }
 }
 
@@ -217,6 +266,50 @@ mod tests {
         assert_eq!(p3.queue_wait(), Duration::ZERO);
         drop(p3);
         assert_eq!((pool.in_flight(), pool.queue_depth()), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shrinking_keeps_admitted_work_and_retires_slots_as_they_free() {
+        let pool = Arc::new(Pool::new(4, 0, Duration::from_secs(1)));
+        let held: Vec<_> = futures_util::future::join_all((0..3).map(|_| pool.admit()))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        pool.resize(1, 0, Duration::from_secs(1));
+        assert_eq!(pool.in_flight(), 3, "admitted requests keep their slots");
+        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+        let mut held = held.into_iter();
+        drop(held.next());
+        drop(held.next());
+        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+        drop(held.next());
+        let one = pool.admit().await.unwrap();
+        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+        drop(one);
+
+        // Growing again cancels nothing and adds slots at once.
+        pool.resize(3, 0, Duration::from_secs(1));
+        let all: Vec<_> = futures_util::future::join_all((0..3).map(|_| pool.admit())).await;
+        assert!(all.iter().all(Result::is_ok));
+        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn growing_while_slots_retire_cancels_the_retirement() {
+        let pool = Arc::new(Pool::new(2, 0, Duration::from_secs(1)));
+        let a = pool.admit().await.unwrap();
+        let b = pool.admit().await.unwrap();
+        pool.resize(1, 0, Duration::from_secs(1)); // one busy slot to retire
+        pool.resize(2, 0, Duration::from_secs(1)); // and back: nothing to retire
+        drop(a);
+        let c = pool.admit().await.unwrap();
+        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+        drop((b, c));
+        assert_eq!(pool.in_flight(), 0);
+        let _x = pool.admit().await.unwrap();
+        let _y = pool.admit().await.unwrap();
+        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
     }
 
     #[tokio::test(start_paused = true)]

@@ -17,7 +17,9 @@ pub struct BufferFull;
 #[derive(Debug)]
 pub struct BufferPool {
     used: Arc<AtomicUsize>,
-    capacity: usize,
+    /// Atomic so that a configuration reload can change it; a lower cap never takes back bytes
+    /// already held, it only refuses new ones until usage is below it.
+    capacity: AtomicUsize,
 }
 
 /// Bytes held by one buffer, given back to the pool when dropped.
@@ -31,8 +33,14 @@ impl BufferPool {
     pub fn new(capacity: u64) -> BufferPool {
         BufferPool {
             used: Arc::new(AtomicUsize::new(0)),
-            capacity: usize::try_from(capacity).unwrap_or(usize::MAX),
+            capacity: AtomicUsize::new(usize::try_from(capacity).unwrap_or(usize::MAX)),
         }
+    }
+
+    /// Sets a new cap (a configuration reload).
+    pub fn set_capacity(&self, capacity: u64) {
+        let capacity = usize::try_from(capacity).unwrap_or(usize::MAX);
+        self.capacity.store(capacity, Ordering::Relaxed);
     }
 
     /// Bytes held by all buffers now.
@@ -41,7 +49,7 @@ impl BufferPool {
     }
 
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.capacity.load(Ordering::Relaxed)
     }
 
     /// Adds `n` bytes to `reservation`, or fails at once when the budget cannot hold them.
@@ -49,9 +57,10 @@ impl BufferPool {
         if n == 0 {
             return Ok(());
         }
+        let capacity = self.capacity();
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
-                used.checked_add(n).filter(|total| *total <= self.capacity)
+                used.checked_add(n).filter(|total| *total <= capacity)
             })
             .map_err(|_| BufferFull)?;
         if reservation.pool.is_none() {

@@ -34,16 +34,46 @@ const MAX_QUEUE: u64 = 1_000_000;
 pub struct Config {
     /// How long in-flight and queued requests may take to finish after SIGTERM before weir exits.
     pub drain_timeout: Duration,
+    /// After SIGTERM, how long weir keeps serving while `/readyz` answers 503, before it starts
+    /// draining: the time endpoints take to stop routing to a pod that is going away.
+    pub shutdown_delay: Duration,
     /// Memory all request-body buffers may hold together; beyond it, 503 `buffer_full`.
     pub max_buffered_bytes: u64,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`); `None` when turned off.
+    pub admin: Option<SocketAddr>,
+    /// Count every request's status class, duration and queue wait (`[admin] request_metrics`).
+    /// Off only to measure what they cost; the gauges and rejection counters stay.
+    pub request_metrics: bool,
+    pub log: LogConfig,
     pub listeners: Vec<ListenerConfig>,
     pub upstreams: Vec<UpstreamConfig>,
     /// Routes in file order; the first match wins. Empty when a single upstream takes everything.
     pub routes: Vec<RouteConfig>,
 }
 
+/// Logging: level, format, and the access log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A `RUST_LOG`-style filter such as `info` or `info,weir::access=off`; the `RUST_LOG`
+    /// environment variable, when set, takes precedence.
+    pub level: String,
+    pub format: LogFormat,
+    /// One line per request (target `weir::access`).
+    pub access: bool,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `key=value` text, for people.
+    Text,
+    /// One JSON object per line, for log pipelines.
+    Json,
+}
+
 /// One traffic listener and the limits that protect weir from its clients.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ListenerConfig {
     /// Used in logs (and metric labels later), so operators can tell listeners apart.
     pub name: String,
@@ -310,7 +340,10 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     drain_timeout: Option<String>,
+    shutdown_delay: Option<String>,
     max_buffered_bytes: Option<RawSize>,
+    admin: Option<RawAdmin>,
+    log: Option<RawLog>,
     #[serde(default)]
     listener: Vec<RawListener>,
     #[serde(default)]
@@ -337,6 +370,22 @@ struct RawListener {
     max_body_bytes: Option<RawSize>,
     min_body_rate: Option<RawSize>,
     body_rate_grace: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    enabled: Option<bool>,
+    addr: Option<String>,
+    request_metrics: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+    format: Option<LogFormat>,
+    access: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -388,6 +437,9 @@ struct RawRoute {
 pub mod defaults {
     use std::time::Duration;
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const SHUTDOWN_DELAY: Duration = Duration::ZERO;
+    pub const ADMIN_ADDR: &str = "127.0.0.1:9901";
+    pub const LOG_LEVEL: &str = "info";
     pub const MAX_CONCURRENCY: usize = 64;
     pub const MAX_QUEUE: usize = 128;
     pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -432,6 +484,19 @@ impl Validator {
             defaults::DRAIN_TIMEOUT,
             MAX_SHORT_DURATION,
         );
+        let shutdown_delay = self.duration(
+            "shutdown_delay",
+            raw.shutdown_delay.as_deref(),
+            defaults::SHUTDOWN_DELAY,
+            MAX_SHORT_DURATION,
+        );
+        let request_metrics = raw
+            .admin
+            .as_ref()
+            .and_then(|a| a.request_metrics)
+            .unwrap_or(true);
+        let admin = self.admin(raw.admin);
+        let log = self.log(raw.log);
 
         if raw.listener.is_empty() {
             self.problem("listener", "at least one [[listener]] is required");
@@ -477,12 +542,70 @@ impl Validator {
                 u64::MAX >> 1,
             )
             .unwrap_or(defaults::MAX_BUFFERED_BYTES);
+        if let Some(a) = admin {
+            if let Some(i) = listeners.iter().position(|l| l.addr == a && a.port() != 0) {
+                self.problem(
+                    "admin.addr",
+                    format!("{a} is also the address of listener[{i}]: the admin listener needs its own port"),
+                );
+            }
+        }
         Config {
             drain_timeout,
+            shutdown_delay,
             max_buffered_bytes,
+            admin,
+            request_metrics,
+            log,
             listeners,
             upstreams,
             routes,
+        }
+    }
+
+    fn admin(&mut self, raw: Option<RawAdmin>) -> Option<SocketAddr> {
+        let raw = raw.unwrap_or(RawAdmin {
+            enabled: None,
+            addr: None,
+            request_metrics: None,
+        });
+        let text = raw.addr.as_deref().unwrap_or(defaults::ADMIN_ADDR);
+        let addr = match text.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problem(
+                    "admin.addr",
+                    format!("{text:?} is not an IP address and port, such as \"127.0.0.1:9901\""),
+                );
+                None
+            }
+        };
+        if raw.enabled == Some(false) {
+            None
+        } else {
+            addr
+        }
+    }
+
+    fn log(&mut self, raw: Option<RawLog>) -> LogConfig {
+        let raw = raw.unwrap_or(RawLog {
+            level: None,
+            format: None,
+            access: None,
+        });
+        let level = raw.level.unwrap_or_else(|| defaults::LOG_LEVEL.to_string());
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&level) {
+            self.problem(
+                "log.level",
+                format!(
+                    "{level:?} is not a log filter such as \"info\" or \"warn,weir=debug\": {e}"
+                ),
+            );
+        }
+        LogConfig {
+            level,
+            format: raw.format.unwrap_or(LogFormat::Text),
+            access: raw.access.unwrap_or(true),
         }
     }
 

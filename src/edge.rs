@@ -27,6 +27,7 @@ use crate::body::ResponseBody;
 use crate::config::ListenerConfig;
 use crate::forward::ClientInfo;
 use crate::proxy::Proxy;
+use crate::record::Record;
 use crate::stats::{ClientTimeout, ConnReject, ListenerInfo, SizeLimit};
 use crate::tls::Tls;
 use crate::watchdog::GuardedIo;
@@ -89,10 +90,12 @@ impl Drop for InProgress {
 }
 
 pin_project! {
-    /// A response body that keeps its request counted as in progress until it is done.
+    /// A response body that keeps its request counted as in progress until it is done, and
+    /// feeds its request's [`Record`] the bytes sent and whether the answer was whole.
     pub struct Tracked {
         #[pin]
         body: ResponseBody,
+        record: Record,
         _request: InProgress,
     }
 }
@@ -105,7 +108,22 @@ impl Body for Tracked {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        self.project().body.poll_frame(cx)
+        let mut this = self.project();
+        let polled = this.body.as_mut().poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.record.sent(data.len());
+                }
+                // hyper stops polling once the body says it is at its end.
+                if this.body.is_end_stream() {
+                    this.record.complete();
+                }
+            }
+            Poll::Ready(None) => this.record.complete(),
+            _ => {}
+        }
+        polled
     }
     fn is_end_stream(&self) -> bool {
         self.body.is_end_stream()
@@ -287,9 +305,14 @@ async fn serve<S>(
     let service = service_fn(move |req| {
         let request = InProgress::new(Arc::clone(&conn));
         async move {
-            let response = request.0.proxy.handle(req, &request.0.client).await;
+            let (response, mut record) = request.0.proxy.handle(req, &request.0.client).await;
+            if response.body().is_end_stream() {
+                // hyper will not poll a body that is already at its end (HEAD, 204, empty).
+                record.complete();
+            }
             Ok::<_, Infallible>(response.map(|body| Tracked {
                 body,
+                record,
                 _request: request,
             }))
         }

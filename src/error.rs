@@ -2,11 +2,13 @@
 //! them into an HTTP answer ([`ProxyError::into_response`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 
 use crate::body::{RequestBodyError, ResponseBody};
+use crate::metrics::Histogram;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -134,14 +136,48 @@ impl UpstreamErrorKind {
     }
 }
 
-/// Per-upstream counters: plain atomics indexed by enum, so counting costs one relaxed add.
+/// Per-upstream counters and latency histograms: plain atomics indexed by enum, so counting costs
+/// one relaxed add. They live in the upstream's pool, which a configuration reload keeps.
 #[derive(Debug, Default)]
 pub struct Counters {
     rejected: [AtomicU64; Reason::ALL.len()],
     upstream_errors: [AtomicU64; UpstreamErrorKind::ALL.len()],
+    /// Answers by status class (see [`crate::metrics::STATUS_CLASSES`]).
+    responses: [AtomicU64; 5],
+    request_duration: Histogram,
+    queue_wait: Histogram,
 }
 
 impl Counters {
+    /// Counts one finished request: its answer's status, duration and queue wait.
+    pub fn finished(
+        &self,
+        status: Option<StatusCode>,
+        duration: Duration,
+        queue_wait: Option<Duration>,
+    ) {
+        if let Some(s) = status {
+            self.responses[crate::metrics::status_class(s)].fetch_add(1, Ordering::Relaxed);
+        }
+        self.request_duration.observe(duration);
+        if let Some(w) = queue_wait {
+            self.queue_wait.observe(w);
+        }
+    }
+
+    /// Answers sent in status class `class` (an index into [`crate::metrics::STATUS_CLASSES`]).
+    pub fn responses(&self, class: usize) -> u64 {
+        self.responses[class].load(Ordering::Relaxed)
+    }
+
+    pub fn request_duration(&self) -> &Histogram {
+        &self.request_duration
+    }
+
+    pub fn queue_wait(&self) -> &Histogram {
+        &self.queue_wait
+    }
+
     pub fn reject(&self, reason: Reason) {
         self.rejected[reason as usize].fetch_add(1, Ordering::Relaxed);
     }

@@ -49,11 +49,15 @@ impl ClientInfo {
     }
 }
 
-/// A backend and everything weir keeps per backend.
+/// A backend and everything weir keeps per backend. A configuration reload builds a new `Upstream`
+/// that shares the old one's pool (resized in place, counters kept) and, when its connection
+/// settings did not change, its client with the pooled backend connections.
 pub struct Upstream {
     pub name: String,
     pool: Arc<Pool>,
     client: Client<HttpConnector, RequestBody>,
+    /// The settings `client` was built with.
+    client_settings: ClientSettings,
     authority: Authority,
     protocol: Protocol,
     request_timeout: Duration,
@@ -70,31 +74,82 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-impl Upstream {
-    pub fn new(cfg: &UpstreamConfig) -> Upstream {
+/// What the pooled client is built from; a reload that changes any of it gets a new client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ClientSettings {
+    protocol: Protocol,
+    connect_timeout: Duration,
+    pool_idle_timeout: Duration,
+    pool_max_idle: usize,
+}
+
+impl ClientSettings {
+    fn of(cfg: &UpstreamConfig) -> ClientSettings {
+        ClientSettings {
+            protocol: cfg.protocol,
+            connect_timeout: cfg.connect_timeout,
+            pool_idle_timeout: cfg.pool_idle_timeout,
+            pool_max_idle: cfg.pool_max_idle,
+        }
+    }
+
+    fn build(&self) -> Client<HttpConnector, RequestBody> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(cfg.connect_timeout));
+        connector.set_connect_timeout(Some(self.connect_timeout));
         connector.set_keepalive(Some(Duration::from_secs(60)));
         let mut builder = Client::builder(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(cfg.pool_idle_timeout)
-            .pool_max_idle_per_host(cfg.pool_max_idle)
+            .pool_idle_timeout(self.pool_idle_timeout)
+            .pool_max_idle_per_host(self.pool_max_idle)
             // Host is the client's, never the backend's address.
             .set_host(false);
-        if cfg.protocol == Protocol::H2c {
+        if self.protocol == Protocol::H2c {
             builder.http2_only(true);
         }
+        builder.build(connector)
+    }
+}
+
+impl Upstream {
+    pub fn new(cfg: &UpstreamConfig) -> Upstream {
+        let pool = Arc::new(Pool::new(
+            cfg.max_concurrency,
+            cfg.max_queue,
+            cfg.queue_timeout,
+        ));
+        let settings = ClientSettings::of(cfg);
+        Self::with(cfg, pool, settings.build(), settings)
+    }
+
+    /// The upstream `cfg` describes, taking over `self`'s pool (resized to the new limits, with
+    /// its requests, queue and counters) and, if the connection settings are unchanged, its
+    /// client and idle backend connections. Requests already admitted keep the old settings.
+    pub fn reconfigured(&self, cfg: &UpstreamConfig) -> Upstream {
+        self.pool
+            .resize(cfg.max_concurrency, cfg.max_queue, cfg.queue_timeout);
+        let settings = ClientSettings::of(cfg);
+        let client = if settings == self.client_settings {
+            self.client.clone()
+        } else {
+            settings.build()
+        };
+        Self::with(cfg, Arc::clone(&self.pool), client, settings)
+    }
+
+    fn with(
+        cfg: &UpstreamConfig,
+        pool: Arc<Pool>,
+        client: Client<HttpConnector, RequestBody>,
+        client_settings: ClientSettings,
+    ) -> Upstream {
         Upstream {
             name: cfg.name.clone(),
-            pool: Arc::new(Pool::new(
-                cfg.max_concurrency,
-                cfg.max_queue,
-                cfg.queue_timeout,
-            )),
-            client: builder.build(connector),
+            pool,
+            client,
+            client_settings,
             authority: cfg.addr.clone(),
             protocol: cfg.protocol,
             request_timeout: cfg.request_timeout,
@@ -107,6 +162,11 @@ impl Upstream {
 
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// The backend's address, `host:port`.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
     }
 
     pub fn request_buffer(&self) -> u64 {
@@ -130,11 +190,13 @@ impl Upstream {
         client: &ClientInfo,
         hook: Option<&RequestHook>,
         buffers: &BufferPool,
+        queue_wait: &mut Option<Duration>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let permit = self.pool.admit().await.map_err(|r| match r {
             Rejected::QueueFull => ProxyError::QueueFull,
             Rejected::QueueTimeout => ProxyError::QueueTimeout,
         })?;
+        *queue_wait = Some(permit.queue_wait());
         if let Some(hook) = hook {
             hook(&parts);
         }

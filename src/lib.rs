@@ -20,14 +20,18 @@
 //! - [`shutdown`]: SIGTERM/SIGINT handling.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod admission;
 pub mod body;
 pub mod buffer;
 pub mod config;
+pub mod demo;
 pub mod edge;
 pub mod error;
 pub mod forward;
+pub mod metrics;
 pub mod proxy;
+pub mod record;
 pub mod shutdown;
 pub mod stats;
 pub mod tls;
@@ -35,13 +39,14 @@ pub mod watchdog;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{Admin, Health};
 use crate::config::Config;
 use crate::edge::Edge;
 use crate::forward::{RequestHook, Upstream};
@@ -74,14 +79,32 @@ pub struct Options {
 
 /// A bound, not yet running weir.
 pub struct Server {
-    config: Config,
     edges: Vec<Edge>,
+    admin: Option<Admin>,
+    live: Arc<Live>,
+}
+
+/// What a running weir shares with its reloader and its admin listener.
+struct Live {
+    /// The configuration in force: compared against on reload, read again at shutdown.
+    config: Mutex<Config>,
     proxy: Arc<Proxy>,
+    /// The TLS listeners' certificate stores, by listener name.
+    tls: Vec<(String, tls::Tls)>,
+    health: Arc<Health>,
+    reloads: Arc<metrics::ReloadCounters>,
+}
+
+impl Live {
+    fn config(&self) -> std::sync::MutexGuard<'_, Config> {
+        // Only ever replaced whole: a poisoned lock still holds a valid configuration.
+        self.config.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 impl Server {
-    /// Loads every TLS certificate, then binds every listener. Nothing is served until
-    /// [`Server::run`].
+    /// Loads every TLS certificate, then binds every listener and the admin listener. Nothing is
+    /// served until [`Server::run`].
     pub async fn bind(config: Config, options: Options) -> Result<Server, StartError> {
         let proxy = Arc::new(Proxy::new(&config, options.request_hook));
         let tls = load_tls(&config)?;
@@ -94,11 +117,35 @@ impl Server {
             })?;
             edges.push(Edge::new(l, tls, listener, Arc::clone(&proxy)));
         }
-        Ok(Server {
-            config,
-            edges,
+        let health = Arc::new(Health::default());
+        let reloads = Arc::new(metrics::ReloadCounters::default());
+        let admin = match config.admin {
+            Some(addr) => {
+                let listener = bind(addr).map_err(|source| StartError::Bind {
+                    name: "admin".into(),
+                    addr,
+                    source,
+                })?;
+                let registry = metrics::registry(
+                    Arc::clone(&proxy),
+                    edges.iter().map(Edge::info).collect(),
+                    Arc::clone(&reloads),
+                );
+                Some(Admin::new(listener, registry, Arc::clone(&health)))
+            }
+            None => None,
+        };
+        let live = Arc::new(Live {
+            tls: edges
+                .iter()
+                .filter_map(|e| Some((e.name().to_string(), e.tls()?.clone())))
+                .collect(),
+            config: Mutex::new(config),
             proxy,
-        })
+            health,
+            reloads,
+        });
+        Ok(Server { edges, admin, live })
     }
 
     /// The address each listener is bound to, by listener name (resolves port 0).
@@ -109,18 +156,23 @@ impl Server {
             .collect()
     }
 
+    /// The admin listener's address, when it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref()?.local_addr().ok()
+    }
+
     /// The upstream named `name`, to read its pool's queue depth, in-flight count and counters.
     pub fn upstream(&self, name: &str) -> Option<Arc<Upstream>> {
-        self.proxy
+        self.live
+            .proxy
             .upstreams()
-            .iter()
+            .into_iter()
             .find(|u| u.name == name)
-            .cloned()
     }
 
     /// The request path shared by every listener: upstreams and the request-buffer budget.
     pub fn proxy(&self) -> Arc<Proxy> {
-        Arc::clone(&self.proxy)
+        Arc::clone(&self.live.proxy)
     }
 
     /// The listener named `name`, to read its connection and timeout counters.
@@ -128,48 +180,66 @@ impl Server {
         self.edges.iter().find(|e| e.name() == name).map(Edge::info)
     }
 
-    /// A handle that reloads the TLS certificates of every TLS listener (what SIGHUP does).
+    /// A handle that applies a new configuration, or reloads TLS certificates (what SIGHUP does).
     pub fn reloader(&self) -> Reloader {
         Reloader {
-            tls: self
-                .edges
-                .iter()
-                .filter_map(|e| Some((e.name().to_string(), e.tls()?.clone())))
-                .collect(),
+            live: Arc::clone(&self.live),
         }
     }
 
-    /// Serves until `shutdown` resolves, then stops accepting (new connections are refused), lets
-    /// in-flight and queued requests finish for up to `drain_timeout` while idle keep-alive
-    /// connections are closed, and returns.
+    /// Serves until `shutdown` resolves. Then `/readyz` answers 503 at once; after
+    /// `shutdown_delay` (still serving, so that load balancers stop routing here first) weir stops
+    /// accepting (new connections are refused), lets in-flight and queued requests finish for up
+    /// to `drain_timeout` while idle keep-alive connections are closed, and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let graceful = Arc::new(GracefulShutdown::new());
         let stop = CancellationToken::new();
         let abort = CancellationToken::new();
-        tracing::info!(
-            listeners = %self.describe_listeners(),
-            upstreams = %describe_upstreams(&self.config),
-            drain_timeout = ?self.config.drain_timeout,
-            "weir started"
-        );
+        let stop_admin = CancellationToken::new();
+        {
+            let config = self.live.config();
+            tracing::info!(
+                listeners = %self.describe_listeners(),
+                admin = %self.admin_addr().map_or("off".to_string(), |a| a.to_string()),
+                upstreams = %describe_upstreams(&config),
+                drain_timeout = ?config.drain_timeout,
+                "weir started"
+            );
+        }
+        let admin = self
+            .admin
+            .map(|a| tokio::spawn(a.serve(stop_admin.clone())));
         let mut accepting = JoinSet::new();
         for edge in self.edges {
             accepting.spawn(edge.serve(Arc::clone(&graceful), stop.clone(), abort.clone()));
         }
+        self.live.health.set_ready(true);
 
         shutdown.await;
+        self.live.health.set_ready(false);
+        let (delay, drain) = {
+            let config = self.live.config();
+            (config.shutdown_delay, config.drain_timeout)
+        };
+        if !delay.is_zero() {
+            tracing::info!(shutdown_delay = ?delay, "not ready; still serving for shutdown_delay before draining");
+            tokio::time::sleep(delay).await;
+        }
         stop.cancel();
         while accepting.join_next().await.is_some() {}
         let graceful = Arc::into_inner(graceful).unwrap_or_default();
         let open = graceful.count();
         tracing::info!(connections = open, "listeners closed; draining");
-        let drain = self.config.drain_timeout;
         if tokio::time::timeout(drain, graceful.shutdown())
             .await
             .is_err()
         {
             tracing::warn!(drain_timeout = ?drain, "drain_timeout expired; closing the remaining connections");
             abort.cancel();
+        }
+        stop_admin.cancel();
+        if let Some(admin) = admin {
+            let _ = admin.await;
         }
     }
 
@@ -217,18 +287,71 @@ pub fn load_tls(config: &Config) -> Result<Vec<Option<tls::Tls>>, StartError> {
         .collect()
 }
 
-/// Reloads TLS certificates while weir runs.
-#[derive(Clone, Default)]
+/// Applies configuration changes while weir runs (what SIGHUP does).
+#[derive(Clone)]
 pub struct Reloader {
-    tls: Vec<(String, tls::Tls)>,
+    live: Arc<Live>,
+}
+
+/// Why a reload was refused; weir keeps running on the configuration it had.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] config::ConfigError),
+    #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))]
+    Tls(Vec<StartError>),
 }
 
 impl Reloader {
+    /// Reads `path` again and applies it: see [`Reloader::apply`].
+    pub fn reload_file(&self, path: &std::path::Path) -> Result<Vec<String>, ReloadError> {
+        let config = Config::load(path).inspect_err(|e| {
+            self.live.reloads.count(false);
+            for p in &e.problems {
+                tracing::error!(config = %path.display(), problem = %p, "invalid configuration");
+            }
+        })?;
+        self.apply(config)
+    }
+
+    /// Applies `new` to requests that arrive from now on: upstream limits, queues, timeouts,
+    /// addresses, routes, the buffer cap, `drain_timeout` and `shutdown_delay`; and reloads every
+    /// TLS listener's certificate. Nothing in flight is dropped or cancelled. Settings that need a
+    /// restart (listeners and their limits, the admin listener, logging) keep their running
+    /// values and are returned, one line each, and logged. A certificate that fails its checks
+    /// refuses the whole reload.
+    pub fn apply(&self, new: Config) -> Result<Vec<String>, ReloadError> {
+        // Certificates first: the one step that can still fail.
+        let tls_errors = self.reload_tls();
+        if !tls_errors.is_empty() {
+            self.live.reloads.count(false);
+            return Err(ReloadError::Tls(tls_errors));
+        }
+        let mut current = self.live.config();
+        let restart = needs_restart(&current, &new);
+        for what in &restart {
+            tracing::warn!(change = %what, "this change needs a restart; the running value stays");
+        }
+        self.live.proxy.reconfigure(&new);
+        // The parts that need a restart keep their running values.
+        let keep = current.clone();
+        *current = Config {
+            listeners: keep.listeners,
+            admin: keep.admin,
+            request_metrics: keep.request_metrics,
+            log: keep.log,
+            ..new
+        };
+        self.live.reloads.count(true);
+        tracing::info!(upstreams = %describe_upstreams(&current), "configuration reloaded");
+        Ok(restart)
+    }
+
     /// Re-reads every TLS listener's certificate and key. A listener whose new pair is bad keeps
     /// its current one; every failure is logged and returned.
     pub fn reload_tls(&self) -> Vec<StartError> {
         let mut errors = Vec::new();
-        for (name, tls) in &self.tls {
+        for (name, tls) in &self.live.tls {
             match tls.reload() {
                 Ok(()) => {
                     tracing::info!(listener = %name, cert = %tls.files().cert.display(), "TLS certificate reloaded")
@@ -244,6 +367,39 @@ impl Reloader {
         }
         errors
     }
+}
+
+/// The differences between `old` and `new` that a reload cannot apply, as log lines.
+fn needs_restart(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    let names = |c: &Config| {
+        c.listeners
+            .iter()
+            .map(|l| l.name.clone())
+            .collect::<Vec<_>>()
+    };
+    if names(old) != names(new) {
+        out.push(format!("listeners {:?} -> {:?}", names(old), names(new)));
+    } else {
+        for (o, n) in old.listeners.iter().zip(&new.listeners) {
+            if o != n {
+                out.push(format!(
+                    "listener {:?} settings (address, TLS files or limits)",
+                    o.name
+                ));
+            }
+        }
+    }
+    if old.admin != new.admin {
+        out.push(format!("admin.addr {:?} -> {:?}", old.admin, new.admin));
+    }
+    if old.request_metrics != new.request_metrics {
+        out.push("admin.request_metrics".to_string());
+    }
+    if old.log != new.log {
+        out.push("log".to_string());
+    }
+    out
 }
 
 fn describe_upstreams(config: &Config) -> String {

@@ -1,13 +1,14 @@
-//! The `weir` binary: parses the command line, loads and validates the configuration, and hands
-//! over to the library. Nothing here is worth testing on its own.
+//! The `weir` binary: parses the command line, loads and validates the configuration, sets up
+//! logging, and hands over to the library. Nothing here is worth testing on its own.
 
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
-use weir::config::Config;
+use weir::config::{Config, LogConfig, LogFormat};
 
 #[derive(Parser)]
 #[command(
@@ -27,20 +28,28 @@ struct Cli {
 enum Command {
     /// Validate the configuration, print every problem, and exit (0 when valid).
     Check,
+    /// A one-minute tour: a built-in backend, weir in front of it, and a load that ramps from half
+    /// to five times the backend's capacity; prints what the pool does each second. Loopback only.
+    Demo {
+        /// How long the load runs.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Admin listener address (falls back to a free port when this one is taken).
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin: std::net::SocketAddr,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::stdout().is_terminal())
-        .init();
+    if let Some(Command::Demo { duration, admin }) = cli.command {
+        return weir::demo::main(duration, admin);
+    }
 
     let Some(path) = cli.config else {
         eprintln!(
-            "weir: --config PATH is required (for example: weir --config config.example.toml)"
+            "weir: --config PATH is required (for example: weir --config config.example.toml), \
+             or try `weir demo`"
         );
         return ExitCode::from(2);
     };
@@ -60,6 +69,8 @@ fn main() -> ExitCode {
         println!("{}: configuration is valid", path.display());
         return ExitCode::SUCCESS;
     }
+    // Held until exit: dropping it flushes the log lines still queued.
+    let _log = init_logging(&config.log);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -86,7 +97,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        if let Err(e) = weir::shutdown::on_reload(server.reloader()) {
+        if let Err(e) = weir::shutdown::on_reload(server.reloader(), path) {
             eprintln!("weir: cannot install the SIGHUP handler: {e}");
             return ExitCode::from(1);
         }
@@ -94,4 +105,28 @@ fn main() -> ExitCode {
         tracing::info!("weir stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// Logs to stdout through a background writer, so that no request waits on the terminal or the
+/// log pipe (lines are dropped, not queued without bound, if stdout stalls). `RUST_LOG`, when set,
+/// overrides `[log] level`.
+fn init_logging(log: &LogConfig) -> tracing_appender::non_blocking::WorkerGuard {
+    let mut filter = std::env::var("RUST_LOG")
+        .ok()
+        .and_then(|v| EnvFilter::try_new(v).ok())
+        .unwrap_or_else(|| EnvFilter::new(&log.level));
+    if !log.access {
+        if let Ok(off) = format!("{}=off", weir::record::ACCESS_TARGET).parse() {
+            filter = filter.add_directive(off);
+        }
+    }
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    match log.format {
+        LogFormat::Text => builder.with_ansi(std::io::stdout().is_terminal()).init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+    guard
 }

@@ -5,6 +5,7 @@
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
+use arc_swap::ArcSwap;
 use futures_util::FutureExt;
 use http::{Request, Response, header};
 use hyper::body::Incoming;
@@ -12,45 +13,36 @@ use hyper::body::Incoming;
 use crate::body::{Buffered, RequestBody, ResponseBody};
 use crate::buffer::BufferPool;
 use crate::config::{Config, OversizedBody, RouteConfig};
-use crate::error::{Counters, ProxyError, Reason};
+use crate::error::ProxyError;
 use crate::forward::{ClientInfo, RequestHook, Upstream};
+use crate::record::Record;
 use crate::stats::SizeLimit;
 
 /// Everything the request path needs, shared by every connection.
 pub struct Proxy {
-    upstreams: Vec<Arc<Upstream>>,
+    /// Upstreams and routes; a configuration reload swaps in a new table, and each request uses
+    /// the table that was current when it arrived.
+    table: ArcSwap<Table>,
     /// The budget for request bodies read before admission (`max_buffered_bytes`).
     buffers: BufferPool,
-    routes: Vec<RouteConfig>,
     hook: Option<RequestHook>,
+    /// Write one access-log line per request.
+    access_log: bool,
+    /// Count each request's status class and latencies (on unless turned off to measure them).
+    request_metrics: bool,
 }
 
-impl Proxy {
-    pub fn new(config: &Config, hook: Option<RequestHook>) -> Proxy {
-        Proxy {
-            upstreams: config
-                .upstreams
-                .iter()
-                .map(|u| Arc::new(Upstream::new(u)))
-                .collect(),
-            routes: config.routes.clone(),
-            buffers: BufferPool::new(config.max_buffered_bytes),
-            hook,
-        }
-    }
+/// The routing table: upstreams and the rules that pick one.
+struct Table {
+    upstreams: Vec<Arc<Upstream>>,
+    routes: Vec<RouteConfig>,
+}
 
-    pub fn upstreams(&self) -> &[Arc<Upstream>] {
-        &self.upstreams
-    }
-
-    pub fn buffers(&self) -> &BufferPool {
-        &self.buffers
-    }
-
+impl Table {
     /// The first route whose conditions all hold; with no routes, the only upstream.
-    fn route<B>(&self, req: &Request<B>) -> Option<&Upstream> {
+    fn route<B>(&self, req: &Request<B>) -> Option<&Arc<Upstream>> {
         if self.routes.is_empty() {
-            return self.upstreams.first().map(|u| &**u);
+            return self.upstreams.first();
         }
         let host = request_host(req);
         let path = req.uri().path();
@@ -62,35 +54,105 @@ impl Proxy {
                     .is_none_or(|h| host.is_some_and(|rh| rh.eq_ignore_ascii_case(h)))
                     && r.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
             })
-            .map(|r| &*self.upstreams[r.upstream])
+            .map(|r| &self.upstreams[r.upstream])
+    }
+}
+
+impl Proxy {
+    pub fn new(config: &Config, hook: Option<RequestHook>) -> Proxy {
+        Proxy {
+            table: ArcSwap::from_pointee(Table {
+                upstreams: config
+                    .upstreams
+                    .iter()
+                    .map(|u| Arc::new(Upstream::new(u)))
+                    .collect(),
+                routes: config.routes.clone(),
+            }),
+            buffers: BufferPool::new(config.max_buffered_bytes),
+            hook,
+            access_log: config.log.access,
+            request_metrics: config.request_metrics,
+        }
     }
 
-    /// Answers one request. Never fails: errors and panics become responses here.
+    /// Applies a reloaded configuration's upstreams, routes and buffer cap to new requests. An
+    /// upstream that keeps its name keeps its pool (resized in place: admitted and queued requests
+    /// are not disturbed), its counters and, when its connection settings are unchanged, its
+    /// pooled backend connections. A removed upstream finishes the requests it has.
+    pub fn reconfigure(&self, config: &Config) {
+        let old = self.table.load();
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|cfg| {
+                Arc::new(match old.upstreams.iter().find(|u| u.name == cfg.name) {
+                    Some(u) => u.reconfigured(cfg),
+                    None => Upstream::new(cfg),
+                })
+            })
+            .collect();
+        self.buffers.set_capacity(config.max_buffered_bytes);
+        self.table.store(Arc::new(Table {
+            upstreams,
+            routes: config.routes.clone(),
+        }));
+    }
+
+    /// The current upstreams.
+    pub fn upstreams(&self) -> Vec<Arc<Upstream>> {
+        self.table.load().upstreams.clone()
+    }
+
+    pub fn buffers(&self) -> &BufferPool {
+        &self.buffers
+    }
+
+    /// Answers one request. Never fails: errors and panics become responses here. The returned
+    /// [`Record`] goes with the response body and is written out when the answer ends.
     pub async fn handle(
         &self,
         req: Request<Incoming>,
         client: &ClientInfo,
-    ) -> Response<ResponseBody> {
-        let Some(upstream) = self.route(&req) else {
-            return ProxyError::NoRoute.into_response(None, None);
+    ) -> (Response<ResponseBody>, Record) {
+        let mut record = Record::start(
+            req.method(),
+            req.uri(),
+            self.access_log,
+            self.request_metrics,
+        );
+        let Some(upstream) = self.table.load().route(&req).cloned() else {
+            let response = ProxyError::NoRoute.into_response(None, None);
+            record.answered(response.status(), Some(crate::error::Reason::NoRoute));
+            return (response, record);
         };
-        let counters = upstream.pool().counters();
-        let gone = ClientGone::new(counters);
+        // From here, dropping `record` before an answer exists counts `client_gone`.
+        record.set_upstream(Arc::clone(&upstream));
         let (parts, body) = req.into_parts();
         let outcome = AssertUnwindSafe(async {
-            let body = self.prepare_body(upstream, &parts, body, client).await?;
+            let body = self.prepare_body(&upstream, &parts, body, client).await?;
             upstream
-                .forward(parts, body, client, self.hook.as_ref(), &self.buffers)
+                .forward(
+                    parts,
+                    body,
+                    client,
+                    self.hook.as_ref(),
+                    &self.buffers,
+                    record.queue_wait_mut(),
+                )
                 .await
         })
         .catch_unwind()
         .await;
-        gone.disarm();
-        match outcome {
-            Ok(Ok(response)) => response,
+        let counters = upstream.pool().counters();
+        let response = match outcome {
+            Ok(Ok(response)) => {
+                record.answered(response.status(), None);
+                return (response, record);
+            }
             Ok(Err(err)) => {
                 tracing::debug!(upstream = %upstream.name, error = %err, "request failed");
-                err.into_response(Some(counters), Some(upstream.retry_after()))
+                err
             }
             Err(panic) => {
                 let what = panic
@@ -99,9 +161,13 @@ impl Proxy {
                     .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
                     .unwrap_or("non-string panic payload");
                 tracing::error!(upstream = %upstream.name, panic = what, "request handler panicked");
-                ProxyError::Internal.into_response(Some(counters), None)
+                ProxyError::Internal
             }
-        }
+        };
+        let reason = response.reason();
+        let response = response.into_response(Some(counters), Some(upstream.retry_after()));
+        record.answered(response.status(), Some(reason));
+        (response, record)
     }
 
     /// Applies the body limits that can be decided before admission, and reads a body that fits
@@ -163,28 +229,6 @@ fn request_host<B>(req: &Request<B>) -> Option<&str> {
     })
 }
 
-/// Counts `client_gone` if the request future is dropped before it produced an answer: hyper drops
-/// it when the client disconnects while its request is queued or waiting for the backend's head.
-struct ClientGone<'a> {
-    counters: &'a Counters,
-}
-
-impl<'a> ClientGone<'a> {
-    fn new(counters: &'a Counters) -> Self {
-        ClientGone { counters }
-    }
-
-    fn disarm(self) {
-        std::mem::forget(self);
-    }
-}
-
-impl Drop for ClientGone<'_> {
-    fn drop(&mut self) {
-        self.counters.reject(Reason::ClientGone);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -203,7 +247,10 @@ mod tests {
         if let Some(h) = host {
             b = b.header(header::HOST, h);
         }
-        p.route(&b.body(()).unwrap()).map(|u| u.name.clone())
+        p.table
+            .load()
+            .route(&b.body(()).unwrap())
+            .map(|u| u.name.clone())
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! Process signals: the first SIGTERM or SIGINT starts a graceful drain, a second one exits at once;
-//! SIGHUP reloads TLS certificates.
+//! SIGHUP reloads the configuration and TLS certificates.
 
 use std::future::Future;
+use std::path::PathBuf;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
@@ -37,14 +38,23 @@ pub fn on_signals() -> std::io::Result<impl Future<Output = ()>> {
     })
 }
 
-/// Reloads TLS certificates on every SIGHUP, for as long as the process runs.
-pub fn on_reload(reloader: crate::Reloader) -> std::io::Result<()> {
+/// Reloads the configuration file at `path` (and the TLS certificates) on every SIGHUP, for as
+/// long as the process runs. A file that fails validation is refused and logged, problem by
+/// problem; weir keeps the configuration it had.
+pub fn on_reload(reloader: crate::Reloader, path: PathBuf) -> std::io::Result<()> {
     let mut hup = signal(SignalKind::hangup())?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            tracing::info!(signal = "SIGHUP", "reloading TLS certificates");
-            // Each failure has been logged; the listeners keep serving their current pair.
-            let _ = reloader.reload_tls();
+            tracing::info!(signal = "SIGHUP", config = %path.display(), "reloading the configuration");
+            // Reading the file and loading certificates block briefly: keep them off the workers.
+            let (r, p) = (reloader.clone(), path.clone());
+            match tokio::task::spawn_blocking(move || r.reload_file(&p)).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(config = %path.display(), error = %e, "reload refused; weir keeps running on the configuration it had")
+                }
+                Err(e) => tracing::error!(error = %e, "reload failed"),
+            }
         }
     });
     Ok(())

@@ -118,7 +118,7 @@ fn missing_config_flag_and_missing_file_are_clear_errors() {
 fn a_port_in_use_fails_at_startup_naming_the_listener() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let file = write_config(&format!(
-        "[[listener]]\nname = \"edge\"\naddr = \"{}\"\n[[upstream]]\nname = \"app\"\naddr = \"127.0.0.1:1\"\n",
+        "[admin]\naddr = \"127.0.0.1:0\"\n[[listener]]\nname = \"edge\"\naddr = \"{}\"\n[[upstream]]\nname = \"app\"\naddr = \"127.0.0.1:1\"\n",
         taken.local_addr().unwrap()
     ));
     let out = Command::new(WEIR).arg("-c").arg(&file.0).output().unwrap();
@@ -145,7 +145,8 @@ async fn start_weir_with(
     listener_keys: &str,
 ) -> Running {
     let config = write_config(&format!(
-        "drain_timeout = \"{drain}\"\n[[listener]]\nname = \"edge\"\naddr = \"127.0.0.1:0\"\n{listener_keys}\n{}",
+        "drain_timeout = \"{drain}\"\n[admin]\naddr = \"127.0.0.1:0\"\n\
+         [[listener]]\nname = \"edge\"\naddr = \"127.0.0.1:0\"\n{listener_keys}\n{}",
         upstream_toml(backend, "")
     ));
     let mut child = tokio::process::Command::new(WEIR)

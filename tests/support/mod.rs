@@ -265,6 +265,8 @@ fn render_headers(headers: &HeaderMap) -> String {
 /// A running weir.
 pub struct Weir {
     pub addr: SocketAddr,
+    /// The admin listener (`/metrics`, `/healthz`, `/readyz`), on its own port.
+    pub admin: SocketAddr,
     pub proxy: Arc<weir::proxy::Proxy>,
     listener: Arc<weir::stats::ListenerInfo>,
     pub reloader: weir::Reloader,
@@ -287,6 +289,10 @@ impl Weir {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{}", self.admin, path)
     }
 
     /// Starts the graceful drain (what SIGTERM does).
@@ -327,20 +333,31 @@ pub async fn spawn_weir_with(body: &str, options: Options) -> Weir {
     spawn_weir_on(body, "", options).await
 }
 
-/// Starts weir with `listener_keys` added to its `[[listener]]` block.
-pub async fn spawn_weir_on(body: &str, listener_keys: &str, options: Options) -> Weir {
+/// Top-level keys a test body may set; they are moved before the first table.
+const TOP_LEVEL_KEYS: [&str; 3] = ["drain_timeout", "max_buffered_bytes", "shutdown_delay"];
+
+/// The configuration text for `body` with a listener named "test" on 127.0.0.1:0 and the admin
+/// listener on another free port.
+pub fn weir_toml(body: &str, listener_keys: &str) -> String {
     let (top, rest): (Vec<&str>, Vec<&str>) = body
         .lines()
-        .partition(|l| l.starts_with("drain_timeout") || l.starts_with("max_buffered_bytes"));
-    let text = format!(
-        "{}\n[[listener]]\nname = \"test\"\naddr = \"127.0.0.1:0\"\n{listener_keys}\n{}",
+        .partition(|l| TOP_LEVEL_KEYS.iter().any(|k| l.starts_with(k)));
+    format!(
+        "{}\n[admin]\naddr = \"127.0.0.1:0\"\n\
+         [[listener]]\nname = \"test\"\naddr = \"127.0.0.1:0\"\n{listener_keys}\n{}",
         top.join("\n"),
         rest.join("\n")
-    );
+    )
+}
+
+/// Starts weir with `listener_keys` added to its `[[listener]]` block.
+pub async fn spawn_weir_on(body: &str, listener_keys: &str, options: Options) -> Weir {
+    let text = weir_toml(body, listener_keys);
     let config = Config::from_toml_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
     let names: Vec<String> = config.upstreams.iter().map(|u| u.name.clone()).collect();
     let server = Server::bind(config, options).await.unwrap();
     let addr = server.local_addrs()[0].1;
+    let admin = server.admin_addr().expect("the admin listener");
     let listener = server.listener("test").expect("the test listener");
     let proxy = server.proxy();
     let reloader = server.reloader();
@@ -351,6 +368,7 @@ pub async fn spawn_weir_on(body: &str, listener_keys: &str, options: Options) ->
     }));
     Weir {
         addr,
+        admin,
         proxy,
         listener,
         reloader,

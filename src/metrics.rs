@@ -1,0 +1,465 @@
+//! Prometheus metrics. The request path only touches atomics that already exist for weir's own
+//! decisions (queue depth, in-flight, the counters indexed by reason) plus one [`Histogram`] bucket
+//! per observation; everything is turned into Prometheus families at scrape time by one
+//! [`Collector`] registered in a [`Registry`] created at start (there is no global registry).
+//! Label values come from fixed sets (reasons, kinds, status classes) and configured names, never
+//! from requests.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use prometheus::core::{Collector, Desc};
+use prometheus::proto::{self, MetricFamily, MetricType};
+use prometheus::{Encoder, Registry, TextEncoder};
+
+use crate::error::{Reason, UpstreamErrorKind};
+use crate::proxy::Proxy;
+use crate::stats::{ClientTimeout, ConnReject, ListenerInfo, SizeLimit};
+
+/// Upper bounds of the latency buckets, in seconds: 0.5 ms to 30 s.
+pub const BUCKETS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
+    30.0,
+];
+
+/// The same bounds in nanoseconds, so an observation compares integers.
+const BUCKET_NANOS: [u64; 16] = {
+    let mut out = [0u64; 16];
+    let mut i = 0;
+    while i < BUCKETS.len() {
+        out[i] = (BUCKETS[i] * 1e9) as u64;
+        i += 1;
+    }
+    out
+};
+
+/// A latency histogram made of atomics: an observation is two relaxed adds (its bucket and the
+/// sum), with no lock and no float arithmetic. Counts are per bucket and made cumulative at scrape.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    /// One counter per bound, and a last one for +Inf.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, d: Duration) {
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let i = BUCKET_NANOS.partition_point(|&b| b < nanos);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// Observations so far.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+    }
+
+    fn to_proto(&self) -> proto::Histogram {
+        let mut h = proto::Histogram::default();
+        let mut cumulative = 0;
+        let mut buckets = Vec::with_capacity(BUCKETS.len());
+        for (bound, count) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += count.load(Ordering::Relaxed);
+            let mut b = proto::Bucket::default();
+            b.set_upper_bound(*bound);
+            b.set_cumulative_count(cumulative);
+            buckets.push(b);
+        }
+        cumulative += self.buckets[BUCKETS.len()].load(Ordering::Relaxed);
+        h.set_bucket(buckets);
+        h.set_sample_count(cumulative);
+        h.set_sample_sum(self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9);
+        h
+    }
+}
+
+/// Status classes for `weir_requests_total{code}`.
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Index into [`STATUS_CLASSES`] for a status code.
+pub fn status_class(status: http::StatusCode) -> usize {
+    (status.as_u16() / 100).clamp(1, 5) as usize - 1
+}
+
+/// Outcomes of configuration reloads, counted in `weir_config_reloads_total{result}`.
+#[derive(Debug, Default)]
+pub struct ReloadCounters {
+    success: AtomicU64,
+    error: AtomicU64,
+}
+
+impl ReloadCounters {
+    pub fn count(&self, ok: bool) {
+        let c = if ok { &self.success } else { &self.error };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn successes(&self) -> u64 {
+        self.success.load(Ordering::Relaxed)
+    }
+    pub fn errors(&self) -> u64 {
+        self.error.load(Ordering::Relaxed)
+    }
+}
+
+/// Builds the registry weir serves on `/metrics`: weir's own families and, on Linux, the process
+/// collector (open fds, resident memory, CPU seconds).
+pub fn registry(
+    proxy: Arc<Proxy>,
+    listeners: Vec<Arc<ListenerInfo>>,
+    reloads: Arc<ReloadCounters>,
+) -> Registry {
+    let registry = Registry::new();
+    let weir = WeirCollector {
+        proxy,
+        listeners,
+        reloads,
+        descs: FAMILIES
+            .iter()
+            .filter_map(|(name, help, _, labels)| {
+                let labels = labels.iter().map(|l| l.to_string()).collect();
+                Desc::new(
+                    name.to_string(),
+                    help.to_string(),
+                    labels,
+                    Default::default(),
+                )
+                .ok()
+            })
+            .collect(),
+    };
+    if let Err(e) = registry.register(Box::new(weir)) {
+        tracing::error!(error = %e, "cannot register weir's metrics");
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(e) = registry.register(Box::new(
+        prometheus::process_collector::ProcessCollector::for_self(),
+    )) {
+        tracing::warn!(error = %e, "cannot register the process metrics");
+    }
+    registry
+}
+
+/// The registry's metrics in the Prometheus text format.
+pub fn render(registry: &Registry) -> Vec<u8> {
+    let mut out = Vec::with_capacity(16 * 1024);
+    // Writing to a Vec cannot fail; a family the encoder refuses is logged and left out.
+    if let Err(e) = TextEncoder::new().encode(&registry.gather(), &mut out) {
+        tracing::warn!(error = %e, "cannot encode metrics");
+    }
+    out
+}
+
+/// Content-Type of [`render`]'s output.
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Every family weir exports: name, help, type, label names.
+const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
+    (
+        "weir_queue_depth",
+        "Requests waiting for an upstream slot now.",
+        MetricType::GAUGE,
+        &["upstream"],
+    ),
+    (
+        "weir_in_flight",
+        "Requests holding an upstream slot now.",
+        MetricType::GAUGE,
+        &["upstream"],
+    ),
+    (
+        "weir_concurrency_limit",
+        "Configured max_concurrency: slots per upstream.",
+        MetricType::GAUGE,
+        &["upstream"],
+    ),
+    (
+        "weir_queue_limit",
+        "Configured max_queue: requests allowed to wait per upstream.",
+        MetricType::GAUGE,
+        &["upstream"],
+    ),
+    (
+        "weir_requests_total",
+        "Answers sent, by upstream and status class.",
+        MetricType::COUNTER,
+        &["upstream", "code"],
+    ),
+    (
+        "weir_requests_rejected_total",
+        "Requests weir answered (or lost to the client) without a backend response, by reason.",
+        MetricType::COUNTER,
+        &["upstream", "reason"],
+    ),
+    (
+        "weir_upstream_errors_total",
+        "Failed exchanges with the upstream, by kind.",
+        MetricType::COUNTER,
+        &["upstream", "kind"],
+    ),
+    (
+        "weir_request_duration_seconds",
+        "Time from a request's arrival to the end of its answer.",
+        MetricType::HISTOGRAM,
+        &["upstream"],
+    ),
+    (
+        "weir_queue_wait_seconds",
+        "Time admitted requests waited for a slot.",
+        MetricType::HISTOGRAM,
+        &["upstream"],
+    ),
+    (
+        "weir_buffered_bytes",
+        "Bytes held in request and response buffers now.",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "weir_buffered_bytes_limit",
+        "Configured max_buffered_bytes.",
+        MetricType::GAUGE,
+        &[],
+    ),
+    (
+        "weir_connections_active",
+        "Open client connections.",
+        MetricType::GAUGE,
+        &["listener"],
+    ),
+    (
+        "weir_connections_total",
+        "Client connections accepted.",
+        MetricType::COUNTER,
+        &["listener"],
+    ),
+    (
+        "weir_connections_rejected_total",
+        "Client connections closed before a request, by reason.",
+        MetricType::COUNTER,
+        &["listener", "reason"],
+    ),
+    (
+        "weir_client_timeouts_total",
+        "Client connections or requests cut off by a slow-client deadline, by kind.",
+        MetricType::COUNTER,
+        &["listener", "kind"],
+    ),
+    (
+        "weir_request_limits_total",
+        "Requests refused for their size, by limit.",
+        MetricType::COUNTER,
+        &["listener", "limit"],
+    ),
+    (
+        "weir_config_reloads_total",
+        "Configuration reloads, by result.",
+        MetricType::COUNTER,
+        &["result"],
+    ),
+    (
+        "weir_build_info",
+        "Always 1; the version label says which weir runs.",
+        MetricType::GAUGE,
+        &["version"],
+    ),
+];
+
+struct WeirCollector {
+    proxy: Arc<Proxy>,
+    listeners: Vec<Arc<ListenerInfo>>,
+    reloads: Arc<ReloadCounters>,
+    descs: Vec<Desc>,
+}
+
+/// The families of one scrape, filled in the order of [`FAMILIES`].
+struct Families(Vec<MetricFamily>);
+
+impl Families {
+    fn new() -> Families {
+        Families(
+            FAMILIES
+                .iter()
+                .map(|(name, help, kind, _)| {
+                    let mut f = MetricFamily::default();
+                    f.set_name(name.to_string());
+                    f.set_help(help.to_string());
+                    f.set_field_type(*kind);
+                    f
+                })
+                .collect(),
+        )
+    }
+
+    fn push(&mut self, name: &str, labels: &[(&str, &str)], value: Value<'_>) {
+        let Some(family) = self.0.iter_mut().find(|f| f.name() == name) else {
+            debug_assert!(false, "{name} is not in FAMILIES");
+            return;
+        };
+        let mut m = proto::Metric::default();
+        m.set_label(
+            labels
+                .iter()
+                .map(|(k, v)| {
+                    let mut l = proto::LabelPair::default();
+                    l.set_name(k.to_string());
+                    l.set_value(v.to_string());
+                    l
+                })
+                .collect(),
+        );
+        match value {
+            Value::Gauge(v) => {
+                let mut g = proto::Gauge::default();
+                g.set_value(v);
+                m.set_gauge(g);
+            }
+            Value::Counter(v) => {
+                let mut c = proto::Counter::default();
+                c.set_value(v as f64);
+                m.set_counter(c);
+            }
+            Value::Histogram(h) => m.set_histogram(h.to_proto()),
+        }
+        family.mut_metric().push(m);
+    }
+}
+
+enum Value<'a> {
+    Gauge(f64),
+    Counter(u64),
+    Histogram(&'a Histogram),
+}
+
+impl Collector for WeirCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.descs.iter().collect()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        use Value::*;
+        let mut f = Families::new();
+        for upstream in self.proxy.upstreams().iter() {
+            let pool = upstream.pool();
+            let c = pool.counters();
+            let u = [("upstream", upstream.name.as_str())];
+            f.push("weir_queue_depth", &u, Gauge(pool.queue_depth() as f64));
+            f.push("weir_in_flight", &u, Gauge(pool.in_flight() as f64));
+            f.push(
+                "weir_concurrency_limit",
+                &u,
+                Gauge(pool.max_concurrency() as f64),
+            );
+            f.push("weir_queue_limit", &u, Gauge(pool.max_queue() as f64));
+            for (i, class) in STATUS_CLASSES.iter().enumerate() {
+                let labels = [u[0], ("code", class)];
+                f.push("weir_requests_total", &labels, Counter(c.responses(i)));
+            }
+            for r in Reason::ALL {
+                let labels = [u[0], ("reason", r.as_str())];
+                f.push(
+                    "weir_requests_rejected_total",
+                    &labels,
+                    Counter(c.rejected(r)),
+                );
+            }
+            for k in UpstreamErrorKind::ALL {
+                let labels = [u[0], ("kind", k.as_str())];
+                f.push(
+                    "weir_upstream_errors_total",
+                    &labels,
+                    Counter(c.upstream_errors(k)),
+                );
+            }
+            f.push(
+                "weir_request_duration_seconds",
+                &u,
+                Histogram(c.request_duration()),
+            );
+            f.push("weir_queue_wait_seconds", &u, Histogram(c.queue_wait()));
+        }
+        let buffers = self.proxy.buffers();
+        f.push("weir_buffered_bytes", &[], Gauge(buffers.used() as f64));
+        f.push(
+            "weir_buffered_bytes_limit",
+            &[],
+            Gauge(buffers.capacity() as f64),
+        );
+        for l in &self.listeners {
+            let c = &l.counters;
+            let n = [("listener", l.name.as_str())];
+            f.push("weir_connections_active", &n, Gauge(c.active() as f64));
+            f.push("weir_connections_total", &n, Counter(c.accepted()));
+            for r in ConnReject::ALL {
+                let labels = [n[0], ("reason", r.as_str())];
+                f.push(
+                    "weir_connections_rejected_total",
+                    &labels,
+                    Counter(c.rejected(r)),
+                );
+            }
+            for t in ClientTimeout::ALL {
+                let labels = [n[0], ("kind", t.as_str())];
+                f.push(
+                    "weir_client_timeouts_total",
+                    &labels,
+                    Counter(c.timeouts(t)),
+                );
+            }
+            for s in SizeLimit::ALL {
+                let labels = [n[0], ("limit", s.as_str())];
+                f.push("weir_request_limits_total", &labels, Counter(c.limits(s)));
+            }
+        }
+        let r = &self.reloads;
+        f.push(
+            "weir_config_reloads_total",
+            &[("result", "success")],
+            Counter(r.successes()),
+        );
+        f.push(
+            "weir_config_reloads_total",
+            &[("result", "error")],
+            Counter(r.errors()),
+        );
+        f.push(
+            "weir_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))],
+            Gauge(1.0),
+        );
+        f.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_inclusive() {
+        let h = Histogram::default();
+        h.observe(Duration::from_micros(500)); // on the first bound: counted in it
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(60)); // beyond the last bound: +Inf only
+        let p = h.to_proto();
+        let b = p.get_bucket();
+        assert_eq!(b[0].cumulative_count(), 1);
+        assert_eq!(b[2].cumulative_count(), 1); // 2.5 ms
+        assert_eq!(b[3].cumulative_count(), 2); // 5 ms
+        assert_eq!(b[BUCKETS.len() - 1].cumulative_count(), 2);
+        assert_eq!(p.get_sample_count(), 3);
+        assert!((p.get_sample_sum() - 60.0035).abs() < 1e-9);
+    }
+
+    #[test]
+    fn status_classes() {
+        let class = |n| STATUS_CLASSES[status_class(http::StatusCode::from_u16(n).unwrap())];
+        assert_eq!(class(101), "1xx");
+        assert_eq!(class(204), "2xx");
+        assert_eq!(class(308), "3xx");
+        assert_eq!(class(499), "4xx");
+        assert_eq!(class(503), "5xx");
+        assert_eq!(class(599), "5xx");
+    }
+}
