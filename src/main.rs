@@ -83,7 +83,7 @@ fn main() -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let shutdown = match weir::shutdown::on_signals() {
+        let signals = match weir::shutdown::on_signals() {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("weir: cannot install signal handlers: {e}");
@@ -101,9 +101,15 @@ fn main() -> ExitCode {
             eprintln!("weir: cannot install the SIGHUP handler: {e}");
             return ExitCode::from(1);
         }
-        server.run(shutdown).await;
-        tracing::info!("weir stopped");
-        ExitCode::SUCCESS
+        let first = signals.first;
+        tokio::select! {
+            _ = server.run(async move { let _ = first.await; }) => {
+                tracing::info!("weir stopped");
+                ExitCode::SUCCESS
+            }
+            // Returning (rather than exiting on the spot) lets the log writer flush.
+            Ok(()) = signals.second => ExitCode::from(1),
+        }
     })
 }
 

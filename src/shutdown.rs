@@ -1,18 +1,25 @@
 //! Process signals: the first SIGTERM or SIGINT starts a graceful drain, a second one exits at once;
 //! SIGHUP reloads the configuration and TLS certificates.
 
-use std::future::Future;
 use std::path::PathBuf;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 
-/// Installs the SIGTERM and SIGINT handlers and returns a future that resolves on the first of
-/// them. A second signal afterwards ends the process immediately with exit code 1.
-pub fn on_signals() -> std::io::Result<impl Future<Output = ()>> {
+/// The process's termination signals.
+pub struct Signals {
+    /// Resolves on the first SIGTERM or SIGINT: start the graceful drain.
+    pub first: oneshot::Receiver<()>,
+    /// Resolves on a second one: exit at once, without waiting for the drain.
+    pub second: oneshot::Receiver<()>,
+}
+
+/// Installs the SIGTERM and SIGINT handlers.
+pub fn on_signals() -> std::io::Result<Signals> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    let (first_tx, first_rx) = oneshot::channel();
+    let (first_tx, first) = oneshot::channel();
+    let (second_tx, second) = oneshot::channel();
     tokio::spawn(async move {
         let name = tokio::select! {
             _ = term.recv() => "SIGTERM",
@@ -31,11 +38,9 @@ pub fn on_signals() -> std::io::Result<impl Future<Output = ()>> {
             signal = name,
             "second signal: exiting without waiting for the drain"
         );
-        std::process::exit(1);
+        let _ = second_tx.send(());
     });
-    Ok(async move {
-        let _ = first_rx.await;
-    })
+    Ok(Signals { first, second })
 }
 
 /// Reloads the configuration file at `path` (and the TLS certificates) on every SIGHUP, for as

@@ -131,7 +131,8 @@ struct Running {
     child: tokio::process::Child,
     lines: Lines<BufReader<ChildStdout>>,
     addr: String,
-    _config: tempfile_path::Path,
+    admin: String,
+    config: tempfile_path::Path,
 }
 
 /// Starts the binary on 127.0.0.1:0 and reads the bound address from its start line.
@@ -139,16 +140,36 @@ async fn start_weir(backend: std::net::SocketAddr, drain: &str) -> Running {
     start_weir_with(backend, drain, "").await
 }
 
+/// A configuration for the binary: a listener "edge" and the admin listener on free ports.
+fn config_text(
+    top: &str,
+    listener_keys: &str,
+    upstream_keys: &str,
+    backend: std::net::SocketAddr,
+) -> String {
+    format!(
+        "{top}\n[admin]\naddr = \"127.0.0.1:0\"\n\
+         [[listener]]\nname = \"edge\"\naddr = \"127.0.0.1:0\"\n{listener_keys}\n{}",
+        upstream_toml(backend, upstream_keys)
+    )
+}
+
 async fn start_weir_with(
     backend: std::net::SocketAddr,
     drain: &str,
     listener_keys: &str,
 ) -> Running {
-    let config = write_config(&format!(
-        "drain_timeout = \"{drain}\"\n[admin]\naddr = \"127.0.0.1:0\"\n\
-         [[listener]]\nname = \"edge\"\naddr = \"127.0.0.1:0\"\n{listener_keys}\n{}",
-        upstream_toml(backend, "")
-    ));
+    start_weir_text(&config_text(
+        &format!("drain_timeout = \"{drain}\""),
+        listener_keys,
+        "",
+        backend,
+    ))
+    .await
+}
+
+async fn start_weir_text(text: &str) -> Running {
+    let config = write_config(text);
     let mut child = tokio::process::Command::new(WEIR)
         .arg("--config")
         .arg(&config.0)
@@ -160,20 +181,31 @@ async fn start_weir_with(
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
+    let word_after = |line: &str, key: &str| {
+        line.split(key).nth(1).map(|rest| {
+            rest.split(|c: char| c.is_whitespace() || c == '"' || c == ',')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+    };
+    let (addr, admin) = loop {
         let line = within("the start line", lines.next_line())
             .await
             .unwrap()
             .expect("weir exited");
-        if let Some(rest) = line.split("listeners=edge=").nth(1) {
-            break rest.split_whitespace().next().unwrap().to_string();
+        // Text ("admin=ADDR") or JSON ("admin":"ADDR") log lines.
+        let admin = word_after(&line, "admin=").or_else(|| word_after(&line, "\"admin\":\""));
+        if let (Some(addr), Some(admin)) = (word_after(&line, "edge="), admin) {
+            break (addr, admin);
         }
     };
     Running {
         child,
         lines,
         addr,
-        _config: config,
+        admin,
+        config,
     }
 }
 
@@ -287,4 +319,160 @@ async fn sighup_reloads_the_certificate() {
     let status = within("weir to exit", weir.child.wait()).await.unwrap();
     assert_eq!(status.code(), Some(0));
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn sighup_applies_a_valid_config_and_refuses_a_bad_one() {
+    let backend = spawn_backend().await;
+    let text = |keys: &str| config_text("", "", keys, backend.addr);
+    let mut weir = start_weir_text(&text("max_concurrency = 3")).await;
+    let admin: std::net::SocketAddr = weir.admin.parse().unwrap();
+    let limit = |m: &Metrics| m.value("weir_concurrency_limit", &[("upstream", "app")]);
+    assert_eq!(limit(&scrape(admin).await), 3.0);
+
+    // Two problems in one file: both are logged, the reload is refused, nothing changes.
+    std::fs::write(&weir.config.0, text("max_concurrency = 0\nmax_queue = -1")).unwrap();
+    signal(&weir.child, "HUP");
+    wait_for_line(&mut weir, "upstream[0].max_concurrency").await;
+    wait_for_line(&mut weir, "upstream[0].max_queue").await;
+    wait_for_line(&mut weir, "reload refused").await;
+    let m = scrape(admin).await;
+    assert_eq!(
+        m.value("weir_config_reloads_total", &[("result", "error")]),
+        1.0
+    );
+    assert_eq!(limit(&m), 3.0);
+    assert_eq!(
+        get(&client(), &format!("http://{}/", weir.addr)).await.0,
+        StatusCode::OK
+    );
+
+    // A valid file applies; a changed listener address is reported as needing a restart.
+    std::fs::write(
+        &weir.config.0,
+        text("max_concurrency = 5")
+            .replace("addr = \"127.0.0.1:0\"\n\n", "addr = \"127.0.0.1:1\"\n\n"),
+    )
+    .unwrap();
+    signal(&weir.child, "HUP");
+    wait_for_line(&mut weir, "needs a restart").await;
+    wait_for_line(&mut weir, "configuration reloaded").await;
+    let m = scrape(admin).await;
+    assert_eq!(
+        m.value("weir_config_reloads_total", &[("result", "success")]),
+        1.0
+    );
+    assert_eq!(limit(&m), 5.0);
+    assert_eq!(
+        get(&client(), &format!("http://{}/", weir.addr)).await.0,
+        StatusCode::OK
+    );
+
+    signal(&weir.child, "TERM");
+    let status = within("weir to exit", weir.child.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn the_access_log_writes_one_json_line_per_request() {
+    let backend = spawn_backend().await;
+    let mut weir = start_weir_text(&config_text(
+        "[log]\nformat = \"json\"",
+        "",
+        "max_concurrency = 1\nmax_queue = 0",
+        backend.addr,
+    ))
+    .await;
+    let c = client();
+    let held = tokio::spawn({
+        let (c, url) = (c.clone(), format!("http://{}/gate", weir.addr));
+        async move { get(&c, &url).await.0 }
+    });
+    backend.stats.wait_seen(1).await;
+    let (status, _, _) = get(&c, &format!("http://{}/turned-away?secret=1", weir.addr)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    backend.stats.open_gate(1);
+    assert_eq!(held.await.unwrap(), StatusCode::OK);
+
+    let mut access = Vec::new();
+    while access.len() < 2 {
+        let line = within("an access log line", weir.lines.next_line())
+            .await
+            .unwrap()
+            .expect("weir is running");
+        let v: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        if v["target"] == "weir::access" {
+            access.push(v);
+        }
+    }
+    let rejected = access
+        .iter()
+        .find(|v| v["path"] == "/turned-away")
+        .expect("the 503 is logged");
+    assert_eq!(rejected["status"], 503);
+    assert_eq!(rejected["reason"], "queue_full");
+    assert_eq!(rejected["upstream"], "app");
+    assert_eq!(rejected["method"], "GET");
+    assert!(
+        !rejected.to_string().contains("secret"),
+        "the query string is not logged"
+    );
+    let served = access
+        .iter()
+        .find(|v| v["path"] == "/gate")
+        .expect("the 200 is logged");
+    assert_eq!(served["status"], 200);
+    assert_eq!(served["reason"], "-");
+    assert_eq!(served["complete"], true);
+    assert_eq!(served["bytes"], 2);
+    assert!(served["duration_ms"].as_f64().unwrap() >= served["queue_wait_ms"].as_f64().unwrap());
+
+    signal(&weir.child, "TERM");
+    within("weir to exit", weir.child.wait()).await.unwrap();
+}
+
+#[test]
+fn demo_runs_to_the_end_and_reports_shedding() {
+    let out = Command::new(WEIR)
+        .args(["demo", "--duration", "3s", "--admin", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("/metrics"),
+        "prints the admin URL: {stdout}"
+    );
+    let summary = stdout
+        .lines()
+        .find(|l| l.starts_with("summary:"))
+        .unwrap_or_else(|| panic!("no summary: {stdout}"));
+    let shed: u64 = summary
+        .split("shed ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no shed count: {summary}"));
+    assert!(
+        shed > 0,
+        "5x the capacity is offered, so some is shed: {summary}"
+    );
+    assert!(summary.contains("queue_full="), "{summary}");
+    assert!(summary.contains("(0 errors)"), "{summary}");
+    let peak: usize = stdout
+        .split("never had more than ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no backend peak: {stdout}"));
+    assert!(
+        peak <= 8,
+        "the pool holds the backend at its capacity: {stdout}"
+    );
 }

@@ -406,3 +406,60 @@ pub async fn send(
     let body = within("the body", body.collect()).await.unwrap().to_bytes();
     (parts.status, parts.headers, body)
 }
+
+/// One scrape of weir's `/metrics`, parsed by a Prometheus text-format parser.
+pub struct Metrics(pub prometheus_parse::Scrape);
+
+impl Metrics {
+    /// The value of the sample `name` whose labels include `labels` (counters and gauges).
+    pub fn value(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let sample = self
+            .0
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+            .unwrap_or_else(|| panic!("no sample {name}{labels:?}"));
+        match &sample.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => *v,
+            other => panic!("{name} is not a counter or gauge: {other:?}"),
+        }
+    }
+
+    /// The observation count of histogram `name` for `upstream`.
+    pub fn histogram_count(&self, name: &str, upstream: &str) -> f64 {
+        let sample = self
+            .0
+            .samples
+            .iter()
+            .find(|s| s.metric == name && s.labels.get("upstream") == Some(upstream))
+            .unwrap_or_else(|| panic!("no histogram {name}{{upstream={upstream}}}"));
+        match &sample.value {
+            prometheus_parse::Value::Histogram(buckets) => {
+                buckets.iter().map(|b| b.count).fold(0.0, f64::max)
+            }
+            other => panic!("{name} is not a histogram: {other:?}"),
+        }
+    }
+
+    /// Every metric family name in the scrape.
+    pub fn names(&self) -> std::collections::BTreeSet<String> {
+        self.0.docs.keys().cloned().collect()
+    }
+}
+
+/// Scrapes the admin listener at `admin` and parses the answer; panics on an unparsable line.
+pub async fn scrape(admin: SocketAddr) -> Metrics {
+    let (status, headers, body) = get(&client(), &format!("http://{admin}/metrics")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        headers[http::header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = String::from_utf8(body.to_vec()).expect("metrics are UTF-8");
+    let lines = text.lines().map(|l| Ok(l.to_string()));
+    Metrics(prometheus_parse::Scrape::parse(lines).expect("the exposition parses"))
+}
