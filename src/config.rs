@@ -484,7 +484,7 @@ impl Validator {
             defaults::DRAIN_TIMEOUT,
             MAX_SHORT_DURATION,
         );
-        let shutdown_delay = self.duration(
+        let shutdown_delay = self.duration_or_zero(
             "shutdown_delay",
             raw.shutdown_delay.as_deref(),
             defaults::SHUTDOWN_DELAY,
@@ -950,9 +950,31 @@ impl Validator {
         default: Duration,
         max: Duration,
     ) -> Duration {
+        self.duration_from(path, raw, default, max, false)
+    }
+
+    /// Like [`Validator::duration`], for the few settings where zero means "none".
+    fn duration_or_zero(
+        &mut self,
+        path: &str,
+        raw: Option<&str>,
+        default: Duration,
+        max: Duration,
+    ) -> Duration {
+        self.duration_from(path, raw, default, max, true)
+    }
+
+    fn duration_from(
+        &mut self,
+        path: &str,
+        raw: Option<&str>,
+        default: Duration,
+        max: Duration,
+        zero_ok: bool,
+    ) -> Duration {
         let Some(text) = raw else { return default };
         match humantime::parse_duration(text.trim()) {
-            Ok(d) if d.is_zero() => {
+            Ok(d) if d.is_zero() && !zero_ok => {
                 self.problem(path, format!("{text:?}: must be longer than zero"));
                 default
             }
@@ -1016,6 +1038,40 @@ addr = "127.0.0.1:3000"
         assert_eq!(u.protocol, Protocol::Http1);
         assert_eq!(u.retry_after_secs, 1);
         assert!(c.routes.is_empty());
+        assert_eq!(c.admin, Some(defaults::ADMIN_ADDR.parse().unwrap()));
+        assert_eq!(c.shutdown_delay, Duration::ZERO);
+        assert!(c.request_metrics);
+        assert_eq!(
+            c.log,
+            LogConfig {
+                level: "info".into(),
+                format: LogFormat::Text,
+                access: true
+            }
+        );
+    }
+
+    #[test]
+    fn admin_and_log_sections() {
+        let text = format!(
+            "shutdown_delay = \"5s\"\n[admin]\nenabled = false\n[log]\nformat = \"json\"\naccess = false\n{MINIMAL}"
+        );
+        let c = Config::from_toml_str(&text).unwrap();
+        assert_eq!(c.admin, None);
+        assert_eq!(c.shutdown_delay, Duration::from_secs(5));
+        assert_eq!((c.log.format, c.log.access), (LogFormat::Json, false));
+
+        let text = format!(
+            "[admin]\naddr = \"127.0.0.1:8080\"\n[log]\nlevel = \"info,weir=loud\"\n{MINIMAL}"
+        );
+        let p = problems(&text);
+        assert!(
+            has(&p, "admin.addr", "also the address of listener[0]"),
+            "{p:?}"
+        );
+        assert!(has(&p, "log.level", "is not a log filter"), "{p:?}");
+        let p = problems(&format!("[admin]\naddr = \"localhost\"\n{MINIMAL}"));
+        assert!(has(&p, "admin.addr", "not an IP address and port"), "{p:?}");
     }
 
     #[test]
