@@ -476,3 +476,34 @@ fn demo_runs_to_the_end_and_reports_shedding() {
         "the pool holds the backend at its capacity: {stdout}"
     );
 }
+
+#[tokio::test]
+async fn sigterm_turns_readyz_503_while_traffic_is_still_served() {
+    let backend = spawn_backend().await;
+    let mut weir = start_weir_text(&config_text(
+        "shutdown_delay = \"3s\"\ndrain_timeout = \"5s\"",
+        "",
+        "",
+        backend.addr,
+    ))
+    .await;
+    let c = client();
+    let readyz = format!("http://{}/readyz", weir.admin);
+    assert_eq!(get(&c, &readyz).await.0, StatusCode::OK);
+    signal(&weir.child, "TERM");
+    within("readyz to answer 503", async {
+        while get(&c, &readyz).await.0 != StatusCode::SERVICE_UNAVAILABLE {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    // Not ready, yet a new client is still served: the listener closes only after the delay.
+    let fresh = client();
+    assert_eq!(
+        get(&fresh, &format!("http://{}/", weir.addr)).await.0,
+        StatusCode::OK
+    );
+    wait_for_line(&mut weir, "weir stopped").await;
+    let status = within("weir to exit", weir.child.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
+}
