@@ -1,0 +1,229 @@
+#!/usr/bin/env bash
+# The benchmark suite: weir against nginx and HAProxy (and the backend directly), in one run, on
+# 127.0.0.1 only. Usage: bash bench/suite.sh [SECONDS per measurement, default 10]
+#
+# Scenarios (BENCHMARKS.md says what each means):
+#   A  tiny responses, HTTP/1.1 keep-alive, 64 connections, closed loop (wrk): requests/s, p50/p99,
+#      and the proxy's CPU time per request; then open loop at half of HAProxy's maximum.
+#   B  overload: backend capacity 16 x 20 ms (800 requests/s), offered 4,000 requests/s open loop.
+#   E  HTTP/2 from the client (h2load, prior knowledge) through weir and nginx.
+# The proxy under test runs pinned to core 1 with one worker; the backend and the load generator
+# share core 0. Every process started here is stopped on exit, by PID.
+#
+# Writes target/bench-suite/results.md (tables) and target/bench-suite/results.jsonl (raw numbers).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECONDS_PER_RUN=${1:-10}
+OUT=target/bench-suite
+mkdir -p "$OUT"
+: >"$OUT/results.jsonl"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
+trap cleanup EXIT
+
+need() {
+    local missing=()
+    command -v nginx >/dev/null || missing+=(nginx-light)
+    command -v haproxy >/dev/null || missing+=(haproxy)
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v h2load >/dev/null || missing+=(nghttp2-client)
+    command -v taskset >/dev/null || missing+=(util-linux)
+    if [ ${#missing[@]} -gt 0 ]; then
+        local sudo=""; [ "$(id -u)" = 0 ] || sudo=sudo
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+}
+need
+
+echo "building (release)..."
+cargo build --release --locked --quiet --bin weir
+bin_of() { cargo bench --locked --bench "$1" --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1; }
+BACKEND_BIN=$(bin_of backend)
+OPENLOOP_BIN=$(bin_of openloop)
+WEIR_BIN=target/release/weir
+
+BACKEND=127.0.0.1:19100
+WEIR=127.0.0.1:19001
+NGINX=127.0.0.1:19002
+HAPROXY=127.0.0.1:19003
+WEIR_H2=127.0.0.1:19011
+NGINX_H2=127.0.0.1:19012
+LG="taskset -c 0"      # load generator and backend
+PROXY="taskset -c 1"   # the proxy under test
+
+wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing listens on $1" >&2; return 1; }
+cpu_ticks() { local t=0; for p in "$@"; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
+TICK=$(getconf CLK_TCK)
+
+# ---- configurations ----
+cat >"$OUT/weir.toml" <<EOF
+[admin]
+addr = "127.0.0.1:19901"
+[log]
+access = false
+[[listener]]
+name = "h1"
+addr = "$WEIR"
+[[listener]]
+name = "h2"
+addr = "$WEIR_H2"
+[[upstream]]
+name = "a"
+addr = "$BACKEND"
+max_concurrency = 256
+max_queue = 1024
+[[upstream]]
+name = "b"
+addr = "$BACKEND"
+max_concurrency = 16
+max_queue = 64
+queue_timeout = "100ms"
+request_timeout = "10s"
+[[route]]
+path_prefix = "/work"
+upstream = "b"
+[[route]]
+upstream = "a"
+EOF
+cat >"$OUT/nginx.conf" <<EOF
+worker_processes 1;
+pid $PWD/$OUT/nginx.pid;
+error_log $PWD/$OUT/nginx.error.log warn;
+daemon off;
+events { worker_connections 9000; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    http2_max_requests 1000000;
+    client_body_temp_path $PWD/$OUT/nginx-tmp;
+    proxy_temp_path $PWD/$OUT/nginx-tmp;
+    upstream a { server $BACKEND; keepalive 256; }
+    upstream b { server $BACKEND max_conns=16; keepalive 64; }
+    server {
+        listen $NGINX reuseport;
+        listen $NGINX_H2 http2;
+        location / { proxy_pass http://a; proxy_http_version 1.1; proxy_set_header Connection ""; }
+        location /work { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+}
+EOF
+mkdir -p "$OUT/nginx-tmp"
+cat >"$OUT/haproxy.cfg" <<EOF
+global
+    nbthread 1
+    # Two descriptors per connection must fit the file limit (20,000 on the machine measured).
+    maxconn 9000
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout queue 100ms
+frontend fe
+    bind $HAPROXY
+    use_backend b if { path_beg /work }
+    default_backend a
+backend a
+    server s1 $BACKEND maxconn 256
+backend b
+    # maxqueue does not bound the queue of a backend with one server: deny past 64 waiting.
+    http-request deny deny_status 503 if { queue(b) ge 64 }
+    server s1 $BACKEND maxconn 16
+EOF
+
+# ---- processes ----
+$LG "$BACKEND_BIN" "$BACKEND" 16 20 >"$OUT/backend.log" 2>&1 & PIDS+=($!)
+wait_port "$BACKEND"
+$PROXY "$WEIR_BIN" --config "$OUT/weir.toml" >"$OUT/weir.log" 2>&1 & WEIR_PID=$!; PIDS+=($WEIR_PID)
+$PROXY nginx -c "$PWD/$OUT/nginx.conf" >"$OUT/nginx.log" 2>&1 & NGINX_PID=$!; PIDS+=($NGINX_PID)
+$PROXY haproxy -f "$OUT/haproxy.cfg" >"$OUT/haproxy.log" 2>&1 & HAPROXY_PID=$!; PIDS+=($HAPROXY_PID)
+for a in "$WEIR" "$NGINX" "$HAPROXY" "$WEIR_H2" "$NGINX_H2"; do wait_port "$a"; done
+nginx_pids() { echo "$NGINX_PID $(pgrep -P "$NGINX_PID" | tr '\n' ' ')"; }
+declare -A ADDR=([direct]=$BACKEND [weir]=$WEIR [nginx]=$NGINX [haproxy]=$HAPROXY)
+pids_of() { case $1 in weir) echo $WEIR_PID;; nginx) nginx_pids;; haproxy) echo $HAPROXY_PID;; *) echo;; esac; }
+
+record() { echo "$1" >>"$OUT/results.jsonl"; }
+to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) printf "%.3f", v/1000; else if (v ~ /ms$/) printf "%.3f", v+0; else if (v ~ /s$/) printf "%.3f", v*1000; else printf "%s", v }'; }
+
+echo "versions: $("$WEIR_BIN" --version), $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v | head -1 | awk '{print "haproxy/"$3}'), $(wrk --version 2>&1 | head -1 | awk '{print "wrk/"$2}')" | tee "$OUT/versions.txt"
+
+# ---- A: closed loop ----
+echo "A: closed loop, 64 connections, ${SECONDS_PER_RUN}s"
+declare -A RPS
+for t in direct weir nginx haproxy; do
+    url="http://${ADDR[$t]}/"
+    $LG wrk -t1 -c64 -d2s "$url" >/dev/null   # warm-up
+    pids=$(pids_of $t)
+    c0=$(cpu_ticks $pids)
+    out=$($LG wrk -t1 -c64 -d"${SECONDS_PER_RUN}s" --latency "$url")
+    c1=$(cpu_ticks $pids)
+    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+    total=$(echo "$out" | awk '/requests in/ {print $1}')
+    errs=$(echo "$out" | awk '/Non-2xx|Socket errors/ {s = s $0 " "} END {print s}')
+    p50=$(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")
+    p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")
+    cpu_us=$(awk -v c=$((c1 - c0)) -v n="$total" -v tick="$TICK" 'BEGIN { if (n > 0 && c > 0) printf "%.2f", c / tick * 1e6 / n; else print "null" }')
+    RPS[$t]=$rps
+    record "{\"scenario\":\"A\",\"target\":\"$t\",\"rps\":$rps,\"requests\":$total,\"p50_ms\":$p50,\"p99_ms\":$p99,\"cpu_us_per_request\":$cpu_us,\"errors\":\"$errs\"}"
+    printf '  %-8s %10s req/s  p50 %7s ms  p99 %7s ms  CPU %6s µs/request %s\n' "$t" "$rps" "$p50" "$p99" "$cpu_us" "$errs"
+done
+
+half=$(awk -v r="${RPS[haproxy]}" 'BEGIN { printf "%d", r / 2 }')
+echo "A: open loop at half of HAProxy's maximum: $half requests/s"
+for t in direct weir nginx haproxy; do
+    line=$($LG "$OPENLOOP_BIN" "http://${ADDR[$t]}/" "$half" "$SECONDS_PER_RUN")
+    record "{\"scenario\":\"A-fixed\",\"target\":\"$t\",\"result\":$line}"
+    printf '  %-8s %s\n' "$t" "$line"
+done
+
+# ---- B: overload ----
+echo "B: backend capacity 16 x 20 ms = 800 req/s, offered 4000 req/s open loop"
+for t in direct weir nginx haproxy; do
+    line=$($LG "$OPENLOOP_BIN" "http://${ADDR[$t]}/work" 4000 "$SECONDS_PER_RUN")
+    record "{\"scenario\":\"B\",\"target\":\"$t\",\"result\":$line}"
+    printf '  %-8s %s\n' "$t" "$line"
+done
+
+# ---- E: HTTP/2 from the client ----
+echo "E: h2load, 64 connections x 10 streams, prior knowledge"
+declare -A H2=([weir]=$WEIR_H2 [nginx]=$NGINX_H2)
+for t in weir nginx; do
+    $LG h2load -c64 -m10 -D2 "http://${H2[$t]}/" >/dev/null 2>&1 || true
+    pids=$(pids_of $t)
+    c0=$(cpu_ticks $pids)
+    out=$($LG h2load -c64 -m10 -D"$SECONDS_PER_RUN" "http://${H2[$t]}/" 2>&1)
+    c1=$(cpu_ticks $pids)
+    rps=$(echo "$out" | awk '/^finished in/ {print $4}')
+    done_n=$(echo "$out" | awk '/^requests:/ {print $8}')
+    ok=$(echo "$out" | awk '/^status codes:/ {print $3}')
+    cpu_us=$(awk -v c=$((c1 - c0)) -v n="$done_n" -v tick="$TICK" 'BEGIN { if (n > 0 && c > 0) printf "%.2f", c / tick * 1e6 / n; else print "null" }')
+    record "{\"scenario\":\"E\",\"target\":\"$t\",\"rps\":${rps:-0},\"succeeded\":${done_n:-0},\"status_2xx\":${ok:-0},\"cpu_us_per_request\":$cpu_us}"
+    printf '  %-8s %10s req/s  2xx %s of %s  CPU %6s µs/request\n' "$t" "$rps" "$ok" "$done_n" "$cpu_us"
+done
+
+python3 - "$OUT/results.jsonl" "$OUT/versions.txt" >"$OUT/results.md" <<'PY'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+print("# Benchmark results\n\n" + open(sys.argv[2]).read().strip() + "\n")
+def ratio(v, base): return f"{v / base:.2f}x" if base else "-"
+a = {r["target"]: r for r in rows if r["scenario"] == "A"}
+print("## A. closed loop, 64 connections\n\n| target | req/s | p50 ms | p99 ms | CPU µs/request | weir CPU ratio |\n|---|---|---|---|---|---|")
+for t, r in a.items():
+    cpu = r["cpu_us_per_request"]
+    wr = ratio(a["weir"]["cpu_us_per_request"], cpu) if t in ("nginx", "haproxy") and cpu else ""
+    print(f"| {t} | {r['rps']:.0f} | {r['p50_ms']} | {r['p99_ms']} | {cpu if cpu is not None else '-'} | {wr} |")
+for scen, title in (("A-fixed", "A. open loop at half of HAProxy's maximum"), ("B", "B. overload, 4,000 req/s offered to 800 req/s of capacity")):
+    print(f"\n## {title}\n\n| target | 2xx | 503 | other | errors | goodput/s | 2xx p50 ms | 2xx p99 ms | 503 p50 ms | 503 p99 ms |\n|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        if r["scenario"] == scen:
+            x = r["result"]
+            print(f"| {r['target']} | {x['ok']} | {x['status_503']} | {x['other']} | {x['errors']} | {x['goodput_rps']} | {x['ok_p50_ms']} | {x['ok_p99_ms']} | {x['u503_p50_ms']} | {x['u503_p99_ms']} |")
+print("\n## E. HTTP/2, 64 connections x 10 streams\n\n| target | req/s | 2xx | CPU µs/request |\n|---|---|---|---|")
+for r in rows:
+    if r["scenario"] == "E":
+        print(f"| {r['target']} | {r['rps']} | {r['status_2xx']} | {r['cpu_us_per_request']} |")
+PY
+cat "$OUT/results.md"
