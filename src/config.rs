@@ -484,11 +484,12 @@ impl Validator {
             defaults::DRAIN_TIMEOUT,
             MAX_SHORT_DURATION,
         );
-        let shutdown_delay = self.duration_or_zero(
+        let shutdown_delay = self.duration_from(
             "shutdown_delay",
             raw.shutdown_delay.as_deref(),
             defaults::SHUTDOWN_DELAY,
             MAX_SHORT_DURATION,
+            true,
         );
         let request_metrics = raw
             .admin
@@ -953,17 +954,7 @@ impl Validator {
         self.duration_from(path, raw, default, max, false)
     }
 
-    /// Like [`Validator::duration`], for the few settings where zero means "none".
-    fn duration_or_zero(
-        &mut self,
-        path: &str,
-        raw: Option<&str>,
-        default: Duration,
-        max: Duration,
-    ) -> Duration {
-        self.duration_from(path, raw, default, max, true)
-    }
-
+    /// A duration within `max`; zero is refused unless `zero_ok` (a setting where zero means none).
     fn duration_from(
         &mut self,
         path: &str,

@@ -326,6 +326,27 @@ impl Families {
     }
 }
 
+impl Families {
+    /// One counter per value of label `key`, each also labelled `base` (unless its name is empty).
+    fn counters<'a>(
+        &mut self,
+        name: &str,
+        base: (&str, &str),
+        key: &str,
+        values: impl IntoIterator<Item = (&'a str, u64)>,
+    ) {
+        for (value, n) in values {
+            let pair = (key, value);
+            let labels: &[(&str, &str)] = if base.0.is_empty() {
+                &[pair]
+            } else {
+                &[base, pair]
+            };
+            self.push(name, labels, Value::Counter(n));
+        }
+    }
+}
+
 enum Value<'a> {
     Gauge(f64),
     Counter(u64),
@@ -343,91 +364,48 @@ impl Collector for WeirCollector {
         for upstream in self.proxy.upstreams().iter() {
             let pool = upstream.pool();
             let c = pool.counters();
-            let u = [("upstream", upstream.name.as_str())];
-            f.push("weir_queue_depth", &u, Gauge(pool.queue_depth() as f64));
-            f.push("weir_in_flight", &u, Gauge(pool.in_flight() as f64));
-            f.push(
-                "weir_concurrency_limit",
-                &u,
-                Gauge(pool.max_concurrency() as f64),
+            let u = ("upstream", upstream.name.as_str());
+            f.push("weir_queue_depth", &[u], Gauge(pool.queue_depth() as f64));
+            f.push("weir_in_flight", &[u], Gauge(pool.in_flight() as f64));
+            let limit = pool.max_concurrency() as f64;
+            f.push("weir_concurrency_limit", &[u], Gauge(limit));
+            f.push("weir_queue_limit", &[u], Gauge(pool.max_queue() as f64));
+            let classes = STATUS_CLASSES.iter().enumerate();
+            f.counters(
+                "weir_requests_total",
+                u,
+                "code",
+                classes.map(|(i, s)| (*s, c.responses(i))),
             );
-            f.push("weir_queue_limit", &u, Gauge(pool.max_queue() as f64));
-            for (i, class) in STATUS_CLASSES.iter().enumerate() {
-                let labels = [u[0], ("code", class)];
-                f.push("weir_requests_total", &labels, Counter(c.responses(i)));
-            }
-            for r in Reason::ALL {
-                let labels = [u[0], ("reason", r.as_str())];
-                f.push(
-                    "weir_requests_rejected_total",
-                    &labels,
-                    Counter(c.rejected(r)),
-                );
-            }
-            for k in UpstreamErrorKind::ALL {
-                let labels = [u[0], ("kind", k.as_str())];
-                f.push(
-                    "weir_upstream_errors_total",
-                    &labels,
-                    Counter(c.upstream_errors(k)),
-                );
-            }
-            f.push(
-                "weir_request_duration_seconds",
-                &u,
-                Histogram(c.request_duration()),
-            );
-            f.push("weir_queue_wait_seconds", &u, Histogram(c.queue_wait()));
+            let reasons = Reason::ALL.map(|r| (r.as_str(), c.rejected(r)));
+            f.counters("weir_requests_rejected_total", u, "reason", reasons);
+            let kinds = UpstreamErrorKind::ALL.map(|k| (k.as_str(), c.upstream_errors(k)));
+            f.counters("weir_upstream_errors_total", u, "kind", kinds);
+            let duration = c.request_duration();
+            f.push("weir_request_duration_seconds", &[u], Histogram(duration));
+            f.push("weir_queue_wait_seconds", &[u], Histogram(c.queue_wait()));
         }
         let buffers = self.proxy.buffers();
         f.push("weir_buffered_bytes", &[], Gauge(buffers.used() as f64));
-        f.push(
-            "weir_buffered_bytes_limit",
-            &[],
-            Gauge(buffers.capacity() as f64),
-        );
+        let cap = buffers.capacity() as f64;
+        f.push("weir_buffered_bytes_limit", &[], Gauge(cap));
         for l in &self.listeners {
             let c = &l.counters;
-            let n = [("listener", l.name.as_str())];
-            f.push("weir_connections_active", &n, Gauge(c.active() as f64));
-            f.push("weir_connections_total", &n, Counter(c.accepted()));
-            for r in ConnReject::ALL {
-                let labels = [n[0], ("reason", r.as_str())];
-                f.push(
-                    "weir_connections_rejected_total",
-                    &labels,
-                    Counter(c.rejected(r)),
-                );
-            }
-            for t in ClientTimeout::ALL {
-                let labels = [n[0], ("kind", t.as_str())];
-                f.push(
-                    "weir_client_timeouts_total",
-                    &labels,
-                    Counter(c.timeouts(t)),
-                );
-            }
-            for s in SizeLimit::ALL {
-                let labels = [n[0], ("limit", s.as_str())];
-                f.push("weir_request_limits_total", &labels, Counter(c.limits(s)));
-            }
+            let n = ("listener", l.name.as_str());
+            f.push("weir_connections_active", &[n], Gauge(c.active() as f64));
+            f.push("weir_connections_total", &[n], Counter(c.accepted()));
+            let refused = ConnReject::ALL.map(|r| (r.as_str(), c.rejected(r)));
+            f.counters("weir_connections_rejected_total", n, "reason", refused);
+            let timeouts = ClientTimeout::ALL.map(|t| (t.as_str(), c.timeouts(t)));
+            f.counters("weir_client_timeouts_total", n, "kind", timeouts);
+            let limits = SizeLimit::ALL.map(|s| (s.as_str(), c.limits(s)));
+            f.counters("weir_request_limits_total", n, "limit", limits);
         }
         let r = &self.reloads;
-        f.push(
-            "weir_config_reloads_total",
-            &[("result", "success")],
-            Counter(r.successes()),
-        );
-        f.push(
-            "weir_config_reloads_total",
-            &[("result", "error")],
-            Counter(r.errors()),
-        );
-        f.push(
-            "weir_build_info",
-            &[("version", env!("CARGO_PKG_VERSION"))],
-            Gauge(1.0),
-        );
+        let results = [("success", r.successes()), ("error", r.errors())];
+        f.counters("weir_config_reloads_total", ("", ""), "result", results);
+        let version = [("version", env!("CARGO_PKG_VERSION"))];
+        f.push("weir_build_info", &version, Gauge(1.0));
         f.0
     }
 }
