@@ -102,16 +102,15 @@ impl Pool {
             .store(nanos(queue_timeout), Ordering::Relaxed);
         let old = self.max_concurrency.swap(max_concurrency, Ordering::AcqRel);
         if max_concurrency > old {
-            let mut grow = max_concurrency - old;
+            let grow = max_concurrency - old;
             // Cancel pending retirements first: those slots are still in use and simply stay.
-            let _ = self
+            let retiring = self
                 .retiring
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
-                    let cancel = r.min(grow);
-                    Some(r - cancel)
+                    Some(r.saturating_sub(grow))
                 })
-                .map(|r| grow -= r.min(grow));
-            self.slots.add_permits(grow);
+                .unwrap_or_else(|r| r);
+            self.slots.add_permits(grow - retiring.min(grow));
         } else if max_concurrency < old {
             let shrink = old - max_concurrency;
             let taken = self.slots.forget_permits(shrink);

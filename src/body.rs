@@ -257,8 +257,8 @@ pub enum Buffered {
 }
 
 impl RequestBody {
-    pub fn new(inner: Incoming, listener: &Arc<ListenerInfo>) -> RequestBody {
-        let now = Instant::now();
+    /// The body of a request that arrived at `now` (read once per request, by its record).
+    pub fn new(inner: Incoming, listener: &Arc<ListenerInfo>, now: Instant) -> RequestBody {
         RequestBody {
             client: (!inner.is_end_stream()).then_some(inner),
             buffered: VecDeque::new(),

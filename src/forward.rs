@@ -164,11 +164,6 @@ impl Upstream {
         &self.pool
     }
 
-    /// The backend's address, `host:port`.
-    pub fn authority(&self) -> &Authority {
-        &self.authority
-    }
-
     pub fn request_buffer(&self) -> u64 {
         self.request_buffer
     }

@@ -334,14 +334,11 @@ impl Reloader {
         }
         self.live.proxy.reconfigure(&new);
         // The parts that need a restart keep their running values.
-        let keep = current.clone();
-        *current = Config {
-            listeners: keep.listeners,
-            admin: keep.admin,
-            request_metrics: keep.request_metrics,
-            log: keep.log,
-            ..new
-        };
+        let old = std::mem::replace(&mut *current, new);
+        current.listeners = old.listeners;
+        current.admin = old.admin;
+        current.request_metrics = old.request_metrics;
+        current.log = old.log;
         self.live.reloads.count(true);
         tracing::info!(upstreams = %describe_upstreams(&current), "configuration reloaded");
         Ok(restart)

@@ -122,14 +122,13 @@ impl Proxy {
             self.request_metrics,
         );
         let Some(upstream) = self.table.load().route(&req).cloned() else {
-            let response = ProxyError::NoRoute.into_response(None, None);
-            record.answered(response.status(), Some(crate::error::Reason::NoRoute));
-            return (response, record);
+            return reject(ProxyError::NoRoute, None, record);
         };
         // From here, dropping `record` before an answer exists counts `client_gone`.
         record.set_upstream(Arc::clone(&upstream));
         let (parts, body) = req.into_parts();
         let outcome = AssertUnwindSafe(async {
+            let body = RequestBody::new(body, &client.listener, record.started());
             let body = self.prepare_body(&upstream, &parts, body, client).await?;
             upstream
                 .forward(
@@ -144,8 +143,7 @@ impl Proxy {
         })
         .catch_unwind()
         .await;
-        let counters = upstream.pool().counters();
-        let response = match outcome {
+        let err = match outcome {
             Ok(Ok(response)) => {
                 record.answered(response.status(), None);
                 return (response, record);
@@ -164,10 +162,7 @@ impl Proxy {
                 ProxyError::Internal
             }
         };
-        let reason = response.reason();
-        let response = response.into_response(Some(counters), Some(upstream.retry_after()));
-        record.answered(response.status(), Some(reason));
-        (response, record)
+        reject(err, Some(&upstream), record)
     }
 
     /// Applies the body limits that can be decided before admission, and reads a body that fits
@@ -177,10 +172,9 @@ impl Proxy {
         &self,
         upstream: &Upstream,
         parts: &http::request::Parts,
-        body: Incoming,
+        mut body: RequestBody,
         client: &ClientInfo,
     ) -> Result<RequestBody, ProxyError> {
-        let mut body = RequestBody::new(body, &client.listener);
         if !body.is_streaming() {
             return Ok(body);
         }
@@ -204,6 +198,21 @@ impl Proxy {
         }
         Ok(body)
     }
+}
+
+/// Answers `err` (counted on `upstream`, when the request has one) and notes it in `record`.
+fn reject(
+    err: ProxyError,
+    upstream: Option<&Upstream>,
+    mut record: Record,
+) -> (Response<ResponseBody>, Record) {
+    let reason = err.reason();
+    let response = err.into_response(
+        upstream.map(|u| u.pool().counters()),
+        upstream.map(Upstream::retry_after),
+    );
+    record.answered(response.status(), Some(reason));
+    (response, record)
 }
 
 /// The body length the client announced in Content-Length, if it did.

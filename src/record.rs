@@ -34,7 +34,6 @@ pub struct Record {
     metrics: bool,
 }
 
-/// What the proxy sets to describe how a request was handled.
 impl Record {
     /// Starts the record of a request that just arrived. `log` keeps its request line for the
     /// access log; `metrics` counts it in the upstream's status classes and histograms.
@@ -53,6 +52,11 @@ impl Record {
             }),
             metrics,
         }
+    }
+
+    /// When the request arrived.
+    pub fn started(&self) -> Instant {
+        self.start
     }
 
     pub fn set_upstream(&mut self, upstream: Arc<Upstream>) {

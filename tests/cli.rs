@@ -327,8 +327,7 @@ async fn sighup_applies_a_valid_config_and_refuses_a_bad_one() {
     let text = |keys: &str| config_text("", "", keys, backend.addr);
     let mut weir = start_weir_text(&text("max_concurrency = 3")).await;
     let admin: std::net::SocketAddr = weir.admin.parse().unwrap();
-    let limit = |m: &Metrics| m.value("weir_concurrency_limit", &[("upstream", "app")]);
-    assert_eq!(limit(&scrape(admin).await), 3.0);
+    assert_eq!(scrape(admin).await.limit("app"), 3.0);
 
     // Two problems in one file: both are logged, the reload is refused, nothing changes.
     std::fs::write(&weir.config.0, text("max_concurrency = 0\nmax_queue = -1")).unwrap();
@@ -337,11 +336,8 @@ async fn sighup_applies_a_valid_config_and_refuses_a_bad_one() {
     wait_for_line(&mut weir, "upstream[0].max_queue").await;
     wait_for_line(&mut weir, "reload refused").await;
     let m = scrape(admin).await;
-    assert_eq!(
-        m.value("weir_config_reloads_total", &[("result", "error")]),
-        1.0
-    );
-    assert_eq!(limit(&m), 3.0);
+    assert_eq!(m.reloads(), (0.0, 1.0));
+    assert_eq!(m.limit("app"), 3.0);
     assert_eq!(
         get(&client(), &format!("http://{}/", weir.addr)).await.0,
         StatusCode::OK
@@ -358,11 +354,8 @@ async fn sighup_applies_a_valid_config_and_refuses_a_bad_one() {
     wait_for_line(&mut weir, "needs a restart").await;
     wait_for_line(&mut weir, "configuration reloaded").await;
     let m = scrape(admin).await;
-    assert_eq!(
-        m.value("weir_config_reloads_total", &[("result", "success")]),
-        1.0
-    );
-    assert_eq!(limit(&m), 5.0);
+    assert_eq!(m.reloads(), (1.0, 1.0));
+    assert_eq!(m.limit("app"), 5.0);
     assert_eq!(
         get(&client(), &format!("http://{}/", weir.addr)).await.0,
         StatusCode::OK

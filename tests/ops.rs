@@ -17,10 +17,7 @@ async fn metrics_follow_a_burst_and_count_every_503_by_reason() {
     ))
     .await;
     let before = scrape(weir.admin).await;
-    assert_eq!(
-        before.value("weir_concurrency_limit", &[("upstream", "app")]),
-        2.0
-    );
+    assert_eq!(before.limit("app"), 2.0);
     assert_eq!(
         before.value("weir_queue_limit", &[("upstream", "app")]),
         4.0
@@ -234,18 +231,8 @@ async fn reload_changes_a_limit_under_load_without_a_failed_request() {
     assert_eq!(backend.stats.cancelled(), 0);
 
     let m = scrape(weir.admin).await;
-    assert_eq!(
-        m.value("weir_concurrency_limit", &[("upstream", "app")]),
-        1.0
-    );
-    assert_eq!(
-        m.value("weir_config_reloads_total", &[("result", "success")]),
-        2.0
-    );
-    assert_eq!(
-        m.value("weir_config_reloads_total", &[("result", "error")]),
-        0.0
-    );
+    assert_eq!(m.limit("app"), 1.0);
+    assert_eq!(m.reloads(), (2.0, 0.0));
 }
 
 #[tokio::test]
@@ -292,17 +279,7 @@ async fn a_bad_reload_is_refused_counted_and_changes_nothing() {
     );
 
     let m = scrape(weir.admin).await;
-    assert_eq!(
-        m.value("weir_config_reloads_total", &[("result", "error")]),
-        1.0
-    );
-    assert_eq!(
-        m.value("weir_config_reloads_total", &[("result", "success")]),
-        0.0
-    );
-    assert_eq!(
-        m.value("weir_concurrency_limit", &[("upstream", "app")]),
-        3.0
-    );
+    assert_eq!(m.reloads(), (0.0, 1.0));
+    assert_eq!(m.limit("app"), 3.0);
     assert_eq!(get(&client(), &weir.url("/")).await.0, StatusCode::OK);
 }

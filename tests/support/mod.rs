@@ -443,6 +443,17 @@ impl Metrics {
         }
     }
 
+    /// `weir_concurrency_limit` of `upstream`.
+    pub fn limit(&self, upstream: &str) -> f64 {
+        self.value("weir_concurrency_limit", &[("upstream", upstream)])
+    }
+
+    /// `weir_config_reloads_total`: (successes, errors).
+    pub fn reloads(&self) -> (f64, f64) {
+        let n = |r| self.value("weir_config_reloads_total", &[("result", r)]);
+        (n("success"), n("error"))
+    }
+
     /// Every metric family name in the scrape.
     pub fn names(&self) -> std::collections::BTreeSet<String> {
         self.0.docs.keys().cloned().collect()
