@@ -17,6 +17,7 @@ use tokio::time::Sleep;
 
 use crate::admission::Permit;
 use crate::buffer::{BufferFull, BufferPool, Reservation};
+use crate::client::Lease;
 use crate::error::{Reason, UpstreamErrorKind};
 use crate::stats::{ClientTimeout, ListenerInfo, SizeLimit};
 use std::collections::VecDeque;
@@ -56,9 +57,12 @@ pin_project! {
     }
 }
 
-/// The backend exchange behind a streaming body: owns the slot, and counts how it ended.
+/// The backend exchange behind a streaming body: owns the backend connection and the slot, and
+/// counts how it ended. The connection is declared first so that it is back in the pool before
+/// the slot is freed.
 #[derive(Debug)]
 pub struct Exchange {
+    lease: Lease,
     permit: Permit,
     /// Set once the exchange ended on its own (complete, or counted as an error), so that `Drop`
     /// can tell a client that went away mid-response from a normal finish.
@@ -73,12 +77,18 @@ impl ResponseBody {
     }
 
     /// Streams `inner` under `deadline`, holding `permit` until the backend is done.
-    pub fn upstream(inner: Incoming, permit: Permit, deadline: Sleep) -> ResponseBody {
+    pub fn upstream(
+        inner: Incoming,
+        permit: Permit,
+        lease: Lease,
+        deadline: Sleep,
+    ) -> ResponseBody {
         Self::upstream_after(
             VecDeque::new(),
             Reservation::default(),
             inner,
             permit,
+            lease,
             deadline,
         )
     }
@@ -89,14 +99,23 @@ impl ResponseBody {
         reservation: Reservation,
         inner: Incoming,
         permit: Permit,
+        mut lease: Lease,
         deadline: Sleep,
     ) -> ResponseBody {
         // A body that is already complete (204, 304, HEAD, Content-Length: 0) may never be polled:
-        // free the slot now.
-        let exchange = (!inner.is_end_stream()).then_some(Exchange {
-            permit,
-            ended: false,
-        });
+        // free the connection and the slot now.
+        let exchange = if inner.is_end_stream() {
+            lease.reusable();
+            drop(lease);
+            drop(permit);
+            None
+        } else {
+            Some(Exchange {
+                lease,
+                permit,
+                ended: false,
+            })
+        };
         ResponseBody::Upstream {
             prefix,
             reservation,
@@ -120,8 +139,9 @@ impl Exchange {
     fn end(slot: &mut Option<Exchange>, kind: Option<UpstreamErrorKind>) {
         if let Some(mut ex) = slot.take() {
             ex.ended = true;
-            if let Some(kind) = kind {
-                ex.permit.counters().upstream_error(kind);
+            match kind {
+                Some(kind) => ex.permit.counters().upstream_error(kind),
+                None => ex.lease.reusable(),
             }
         }
     }

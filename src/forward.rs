@@ -7,14 +7,12 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Response, Version};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::time::Instant;
 
 use crate::admission::{Pool, Rejected};
 use crate::body::{RequestBody, RequestBodyError, ResponseBody};
 use crate::buffer::{BufferPool, Reservation};
+use crate::client::{Client, ClientError, ClientSettings, Lease};
 use crate::config::{OversizedBody, Protocol, UpstreamConfig};
 use crate::error::{BoxError, ProxyError};
 use crate::stats::ListenerInfo;
@@ -55,9 +53,7 @@ impl ClientInfo {
 pub struct Upstream {
     pub name: String,
     pool: Arc<Pool>,
-    client: Client<HttpConnector, RequestBody>,
-    /// The settings `client` was built with.
-    client_settings: ClientSettings,
+    client: Client,
     authority: Authority,
     protocol: Protocol,
     request_timeout: Duration,
@@ -74,45 +70,6 @@ static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host"
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
-/// What the pooled client is built from; a reload that changes any of it gets a new client.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct ClientSettings {
-    protocol: Protocol,
-    connect_timeout: Duration,
-    pool_idle_timeout: Duration,
-    pool_max_idle: usize,
-}
-
-impl ClientSettings {
-    fn of(cfg: &UpstreamConfig) -> ClientSettings {
-        ClientSettings {
-            protocol: cfg.protocol,
-            connect_timeout: cfg.connect_timeout,
-            pool_idle_timeout: cfg.pool_idle_timeout,
-            pool_max_idle: cfg.pool_max_idle,
-        }
-    }
-
-    fn build(&self) -> Client<HttpConnector, RequestBody> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(self.connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
-        let mut builder = Client::builder(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(self.pool_idle_timeout)
-            .pool_max_idle_per_host(self.pool_max_idle)
-            // Host is the client's, never the backend's address.
-            .set_host(false);
-        if self.protocol == Protocol::H2c {
-            builder.http2_only(true);
-        }
-        builder.build(connector)
-    }
-}
-
 impl Upstream {
     pub fn new(cfg: &UpstreamConfig) -> Upstream {
         let pool = Arc::new(Pool::new(
@@ -120,8 +77,7 @@ impl Upstream {
             cfg.max_queue,
             cfg.queue_timeout,
         ));
-        let settings = ClientSettings::of(cfg);
-        Self::with(cfg, pool, settings.build(), settings)
+        Self::with(cfg, pool, Client::new(client_settings(cfg)))
     }
 
     /// The upstream `cfg` describes, taking over `self`'s pool (resized to the new limits, with
@@ -130,26 +86,20 @@ impl Upstream {
     pub fn reconfigured(&self, cfg: &UpstreamConfig) -> Upstream {
         self.pool
             .resize(cfg.max_concurrency, cfg.max_queue, cfg.queue_timeout);
-        let settings = ClientSettings::of(cfg);
-        let client = if settings == self.client_settings {
+        let settings = client_settings(cfg);
+        let client = if &settings == self.client.settings() {
             self.client.clone()
         } else {
-            settings.build()
+            Client::new(settings)
         };
-        Self::with(cfg, Arc::clone(&self.pool), client, settings)
+        Self::with(cfg, Arc::clone(&self.pool), client)
     }
 
-    fn with(
-        cfg: &UpstreamConfig,
-        pool: Arc<Pool>,
-        client: Client<HttpConnector, RequestBody>,
-        client_settings: ClientSettings,
-    ) -> Upstream {
+    fn with(cfg: &UpstreamConfig, pool: Arc<Pool>, client: Client) -> Upstream {
         Upstream {
             name: cfg.name.clone(),
             pool,
             client,
-            client_settings,
             authority: cfg.addr.clone(),
             protocol: cfg.protocol,
             request_timeout: cfg.request_timeout,
@@ -170,6 +120,11 @@ impl Upstream {
 
     pub fn oversized_body(&self) -> OversizedBody {
         self.oversized_body
+    }
+
+    /// Open idle keep-alive connections to the backend (HTTP/1.1).
+    pub fn idle_connections(&self) -> usize {
+        self.client.idle_connections()
     }
 
     pub fn retry_after(&self) -> &HeaderValue {
@@ -197,17 +152,17 @@ impl Upstream {
         }
         let deadline = Instant::now() + self.request_timeout;
         let req = self.rewrite(parts, body, client)?;
-        let response = tokio::time::timeout_at(deadline, self.client.request(req))
+        let (response, lease) = tokio::time::timeout_at(deadline, self.client.send(req))
             .await
             .map_err(|_| ProxyError::UpstreamTimeout)?
             .map_err(classify)?;
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let body = if bufferable(&parts, self.response_buffer) {
-            self.buffer_response(body, permit, deadline, buffers)
+            self.buffer_response(body, permit, lease, deadline, buffers)
                 .await?
         } else {
-            ResponseBody::upstream(body, permit, tokio::time::sleep_until(deadline))
+            ResponseBody::upstream(body, permit, lease, tokio::time::sleep_until(deadline))
         };
         Ok(Response::from_parts(parts, body))
     }
@@ -222,6 +177,7 @@ impl Upstream {
         &self,
         mut body: Incoming,
         permit: crate::admission::Permit,
+        mut lease: Lease,
         deadline: Instant,
         buffers: &BufferPool,
     ) -> Result<ResponseBody, ProxyError> {
@@ -229,18 +185,25 @@ impl Upstream {
         let mut reservation = Reservation::default();
         let mut size = 0u64;
         loop {
-            if body.is_end_stream() {
-                drop(permit);
-                return Ok(ResponseBody::buffered(frames, reservation));
-            }
-            let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-                Err(_) => return Err(ProxyError::UpstreamTimeout),
-                Ok(None) => {
+            let frame = if body.is_end_stream() {
+                None
+            } else {
+                match tokio::time::timeout_at(deadline, body.frame()).await {
+                    Err(_) => return Err(ProxyError::UpstreamTimeout),
+                    Ok(frame) => frame,
+                }
+            };
+            let frame = match frame {
+                None => {
+                    // Complete: the connection goes back to the pool before the slot is freed,
+                    // so the request the slot admits next finds it there.
+                    lease.reusable();
+                    drop(lease);
                     drop(permit);
                     return Ok(ResponseBody::buffered(frames, reservation));
                 }
-                Ok(Some(Err(e))) => return Err(ProxyError::UpstreamReset(Box::new(e))),
-                Ok(Some(Ok(frame))) => frame,
+                Some(Err(e)) => return Err(ProxyError::UpstreamReset(Box::new(e))),
+                Some(Ok(frame)) => frame,
             };
             let len = frame.data_ref().map_or(0, |d| d.len());
             size += len as u64;
@@ -255,6 +218,7 @@ impl Upstream {
                     reservation,
                     body,
                     permit,
+                    lease,
                     sleep,
                 ));
             }
@@ -300,20 +264,41 @@ impl Upstream {
             }
         };
 
-        let path = parts
+        if parts
             .uri
             .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        if path.as_str() == "*" {
+            .is_some_and(|p| p.as_str() == "*")
+        {
             return Err(ProxyError::BadRequest("asterisk-form is not supported"));
         }
-        parts.uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(self.authority.clone())
-            .path_and_query(path)
-            .build()
-            .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+        match self.protocol {
+            // HTTP/1.1 backends get origin-form, which is what HTTP/1.1 clients send: the URI is
+            // then passed through untouched.
+            Protocol::Http1 => {
+                if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
+                    let path = parts
+                        .uri
+                        .path_and_query()
+                        .cloned()
+                        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+                    parts.uri = Uri::from(path);
+                }
+            }
+            // HTTP/2 carries the scheme and authority as pseudo-headers.
+            Protocol::H2c => {
+                let path = parts
+                    .uri
+                    .path_and_query()
+                    .cloned()
+                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
+                parts.uri = Uri::builder()
+                    .scheme(Scheme::HTTP)
+                    .authority(self.authority.clone())
+                    .path_and_query(path)
+                    .build()
+                    .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+            }
+        }
         Ok(Request::from_parts(parts, body))
     }
 }
@@ -394,8 +379,19 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     wants_trailers
 }
 
+/// The settings of the pooled client `cfg` describes.
+fn client_settings(cfg: &UpstreamConfig) -> ClientSettings {
+    ClientSettings {
+        addr: cfg.addr.clone(),
+        protocol: cfg.protocol,
+        connect_timeout: cfg.connect_timeout,
+        idle_timeout: cfg.pool_idle_timeout,
+        max_idle: cfg.pool_max_idle,
+    }
+}
+
 /// Sorts a client error into the kind it is counted and answered as.
-fn classify(err: hyper_util::client::legacy::Error) -> ProxyError {
+fn classify(err: ClientError) -> ProxyError {
     if err.is_connect() {
         return ProxyError::UpstreamConnect(Box::new(err));
     }

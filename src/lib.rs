@@ -24,6 +24,7 @@ pub mod admin;
 pub mod admission;
 pub mod body;
 pub mod buffer;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod edge;

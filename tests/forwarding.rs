@@ -146,6 +146,67 @@ async fn client_that_disconnects_in_flight_cancels_the_backend_request() {
 }
 
 #[tokio::test]
+async fn backend_connections_are_kept_alive_reused_and_closed_when_idle() {
+    let backend = spawn_backend().await;
+    let weir = spawn_weir(&upstream_toml(
+        backend.addr,
+        "pool_idle_timeout = \"200ms\"\n",
+    ))
+    .await;
+    let client = client();
+    for _ in 0..20 {
+        assert_eq!(get(&client, &weir.url("/")).await.0, StatusCode::OK);
+    }
+    // One after the other: one backend connection carried all of them.
+    assert_eq!(backend.stats.opened(), 1);
+    assert_eq!(weir.upstream("app").idle_connections(), 1);
+    // Left idle, weir closes it.
+    backend.stats.wait_closed(1).await;
+    until("the idle connection to leave the pool", || {
+        weir.upstream("app").idle_connections() == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_backend_connection_closed_while_idle_is_not_used_again() {
+    // A backend that answers one request per connection as keep-alive, then closes it.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&accepted);
+    let backend = tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+            });
+        }
+    });
+    let weir = spawn_weir(&upstream_toml(addr, "")).await;
+    let client = client();
+    for i in 1..=3 {
+        assert_eq!(get(&client, &weir.url("/")).await.0, StatusCode::OK);
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), i);
+        until("weir to see the backend close its connection", || {
+            weir.upstream("app").idle_connections() == 0
+        })
+        .await;
+    }
+    backend.abort();
+}
+
+#[tokio::test]
 async fn refused_upstream_connection_answers_502() {
     // Bind, learn the port, close: nothing listens there now.
     let port = {

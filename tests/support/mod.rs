@@ -61,6 +61,9 @@ pub struct BackendStats {
     pub peak: AtomicUsize,
     /// `/gate` requests wait for a permit here.
     pub gate: Semaphore,
+    /// Connections accepted, and connections that have ended.
+    pub opened: watch::Sender<usize>,
+    pub closed: watch::Sender<usize>,
 }
 
 impl Default for BackendStats {
@@ -71,6 +74,8 @@ impl Default for BackendStats {
             current: AtomicUsize::new(0),
             peak: AtomicUsize::new(0),
             gate: Semaphore::new(0),
+            opened: watch::Sender::new(0),
+            closed: watch::Sender::new(0),
         }
     }
 }
@@ -101,6 +106,18 @@ impl BackendStats {
         let mut rx = self.cancelled.subscribe();
         within(
             &format!("backend to see {n} cancellations"),
+            rx.wait_for(|v| *v >= n),
+        )
+        .await
+        .ok();
+    }
+    pub fn opened(&self) -> usize {
+        *self.opened.borrow()
+    }
+    pub async fn wait_closed(&self, n: usize) {
+        let mut rx = self.closed.subscribe();
+        within(
+            &format!("backend to see {n} connections closed"),
             rx.wait_for(|v| *v >= n),
         )
         .await
@@ -167,11 +184,14 @@ pub async fn spawn_backend() -> Backend {
                 continue;
             };
             let s = Arc::clone(&s);
+            s.opened.send_modify(|v| *v += 1);
             tokio::spawn(async move {
+                let stats = Arc::clone(&s);
                 let svc = service_fn(move |req| handle(Arc::clone(&s), req));
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), svc)
                     .await;
+                stats.closed.send_modify(|v| *v += 1);
             });
         }
     });
