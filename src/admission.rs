@@ -79,6 +79,13 @@ impl Pool {
             slot.forget();
             return Ok(self.permit(Duration::ZERO));
         }
+        // Boxed: the wait is the uncommon path, and its timer would otherwise make every
+        // request's future (moved a few times per request) a few hundred bytes larger.
+        Box::pin(self.wait()).await
+    }
+
+    /// Waits in the queue for a slot, up to `queue_timeout`.
+    async fn wait(self: &Arc<Self>) -> Result<Permit, Rejected> {
         let _place = self.enter_queue()?;
         let start = Instant::now();
         let timeout = Duration::from_nanos(self.queue_timeout_nanos.load(Ordering::Relaxed));

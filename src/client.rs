@@ -145,12 +145,19 @@ impl Client {
     ) -> Result<(Response<Incoming>, Lease), ClientError> {
         match self.shared.settings.protocol {
             Protocol::Http1 => self.send_h1(req).await,
-            Protocol::H2c => {
-                let mut tx = self.h2_sender().await?;
-                let response = tx.send_request(req).await.map_err(ClientError::Exchange)?;
-                Ok((response, Lease::default()))
-            }
+            // Boxed, like connecting below: a rarer path that would otherwise enlarge every
+            // request's future.
+            Protocol::H2c => Box::pin(self.send_h2(req)).await,
         }
+    }
+
+    async fn send_h2(
+        &self,
+        req: Request<RequestBody>,
+    ) -> Result<(Response<Incoming>, Lease), ClientError> {
+        let mut tx = self.h2_sender().await?;
+        let response = tx.send_request(req).await.map_err(ClientError::Exchange)?;
+        Ok((response, Lease::default()))
     }
 
     async fn send_h1(
@@ -160,7 +167,7 @@ impl Client {
         loop {
             let (mut tx, pooled) = match self.shared.take_idle() {
                 Some(tx) => (tx, true),
-                None => (self.connect_h1().await?, false),
+                None => (Box::pin(self.connect_h1()).await?, false),
             };
             // A pooled connection can have just finished its previous response; a broken one
             // reports it here.

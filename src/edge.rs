@@ -16,7 +16,6 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -25,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::ResponseBody;
 use crate::config::ListenerConfig;
+use crate::drain::{Drain, Watch};
 use crate::forward::ClientInfo;
 use crate::proxy::Proxy;
 use crate::record::Record;
@@ -186,14 +186,9 @@ impl Edge {
     }
 
     /// Accepts connections until `stop` is cancelled, then drops the listener so that new
-    /// connections are refused. Connections already accepted are registered with `graceful` and
-    /// are aborted only when `abort` is cancelled (the drain deadline passed).
-    pub async fn serve(
-        self,
-        graceful: Arc<GracefulShutdown>,
-        stop: CancellationToken,
-        abort: CancellationToken,
-    ) {
+    /// connections are refused. Connections already accepted are registered with `drain`, which
+    /// asks them to finish and close, and aborts them when the drain deadline passes.
+    pub async fn serve(self, drain: Drain, stop: CancellationToken) {
         let mut backoff = Duration::from_millis(5);
         loop {
             let accepted = tokio::select! {
@@ -204,7 +199,7 @@ impl Edge {
                 Ok((stream, peer)) => {
                     backoff = Duration::from_millis(5);
                     match Arc::clone(&self.slots).try_acquire_owned() {
-                        Ok(slot) => self.spawn_connection(stream, peer, slot, &graceful, &abort),
+                        Ok(slot) => self.spawn_connection(stream, peer, slot, &drain),
                         Err(_) => {
                             // Closed at once: the client sees the connection end, not a hang.
                             self.info.counters.reject(ConnReject::Limit);
@@ -232,8 +227,7 @@ impl Edge {
         stream: TcpStream,
         peer: SocketAddr,
         slot: OwnedSemaphorePermit,
-        graceful: &GracefulShutdown,
-        abort: &CancellationToken,
+        drain: &Drain,
     ) {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "set_nodelay failed");
@@ -245,8 +239,7 @@ impl Edge {
             idle_waker: AtomicWaker::new(),
         });
         let builder = Arc::clone(&self.builder);
-        let watcher = graceful.watcher();
-        let abort = abort.clone();
+        let watch = drain.watch();
         let tls = self.tls.as_ref().map(|t| t.acceptor.clone());
         let handshake_timeout = self.tls_handshake_timeout;
         tokio::spawn(async move {
@@ -255,7 +248,7 @@ impl Edge {
             let _open = info.counters.open();
             let served = async {
                 match tls {
-                    None => serve(&builder, watcher, stream, None, conn).await,
+                    None => serve(&builder, &watch, stream, None, conn).await,
                     Some(acceptor) => {
                         let stream = match tokio::time::timeout(
                             handshake_timeout,
@@ -276,15 +269,12 @@ impl Edge {
                             }
                         };
                         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        serve(&builder, watcher, stream, Some(h2), conn).await
+                        serve(&builder, &watch, stream, Some(h2), conn).await
                     }
                 }
             };
-            tokio::select! {
-                _ = served => {}
-                _ = abort.cancelled() => {
-                    tracing::debug!(listener = %info.name, peer = %peer, "connection aborted: drain_timeout expired");
-                }
+            if watch.unless_aborted(served).await.is_none() {
+                tracing::debug!(listener = %info.name, peer = %peer, "connection aborted: drain_timeout expired");
             }
         });
     }
@@ -293,7 +283,7 @@ impl Edge {
 /// Serves HTTP on one connection until it ends.
 async fn serve<S>(
     builder: &auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
+    watch: &Watch,
     stream: S,
     h2: Option<bool>,
     conn: Arc<Conn>,
@@ -317,7 +307,8 @@ async fn serve<S>(
             }))
         }
     });
-    if let Err(e) = watcher.watch(builder.serve_connection(io, service)).await {
+    let conn = builder.serve_connection(io, service);
+    if let Err(e) = watch.serve(conn, |c| c.graceful_shutdown()).await {
         if e.downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_parse_too_large)
         {

@@ -13,7 +13,9 @@
 //! - [`body`]: the response body that holds the slot while the backend streams.
 //! - [`proxy`]: routing, and turning every outcome (panics included) into an answer.
 //! - [`error`]: request-path errors, their counters, and the single error -> status table.
+//! - [`client`]: the pooled keep-alive client to a backend, on hyper's connection API.
 //! - [`edge`]: accept loop, connection cap, TLS handshake, per-connection hyper server.
+//! - [`drain`]: graceful drain of open connections, without a shared lock per poll.
 //! - [`watchdog`]: slow-client deadlines (head, idle, write) enforced on the connection's bytes.
 //! - [`tls`]: PEM files -> rustls config, with certificate reload.
 //! - [`stats`]: per-listener limits and counters.
@@ -27,6 +29,7 @@ pub mod buffer;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod drain;
 pub mod edge;
 pub mod error;
 pub mod forward;
@@ -42,13 +45,13 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{Admin, Health};
 use crate::config::Config;
+use crate::drain::Drain;
 use crate::edge::Edge;
 use crate::forward::{RequestHook, Upstream};
 use crate::proxy::Proxy;
@@ -193,9 +196,8 @@ impl Server {
     /// accepting (new connections are refused), lets in-flight and queued requests finish for up
     /// to `drain_timeout` while idle keep-alive connections are closed, and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
-        let graceful = Arc::new(GracefulShutdown::new());
+        let drain = Drain::new();
         let stop = CancellationToken::new();
-        let abort = CancellationToken::new();
         let stop_admin = CancellationToken::new();
         {
             let config = self.live.config();
@@ -212,13 +214,13 @@ impl Server {
             .map(|a| tokio::spawn(a.serve(stop_admin.clone())));
         let mut accepting = JoinSet::new();
         for edge in self.edges {
-            accepting.spawn(edge.serve(Arc::clone(&graceful), stop.clone(), abort.clone()));
+            accepting.spawn(edge.serve(drain.clone(), stop.clone()));
         }
         self.live.health.set_ready(true);
 
         shutdown.await;
         self.live.health.set_ready(false);
-        let (delay, drain) = {
+        let (delay, drain_timeout) = {
             let config = self.live.config();
             (config.shutdown_delay, config.drain_timeout)
         };
@@ -228,15 +230,13 @@ impl Server {
         }
         stop.cancel();
         while accepting.join_next().await.is_some() {}
-        let graceful = Arc::into_inner(graceful).unwrap_or_default();
-        let open = graceful.count();
-        tracing::info!(connections = open, "listeners closed; draining");
-        if tokio::time::timeout(drain, graceful.shutdown())
+        tracing::info!(connections = drain.open(), "listeners closed; draining");
+        if tokio::time::timeout(drain_timeout, drain.drain())
             .await
             .is_err()
         {
-            tracing::warn!(drain_timeout = ?drain, "drain_timeout expired; closing the remaining connections");
-            abort.cancel();
+            tracing::warn!(drain_timeout = ?drain_timeout, "drain_timeout expired; closing the remaining connections");
+            drain.abort();
         }
         stop_admin.cancel();
         if let Some(admin) = admin {

@@ -191,7 +191,8 @@ impl Proxy {
         }
         let oversized = match announced {
             Some(n) if n > max => true,
-            _ => body.buffer(max, announced, &self.buffers).await? == Buffered::Exceeded,
+            // Boxed: most requests have no body, and this future would enlarge all of them.
+            _ => Box::pin(body.buffer(max, announced, &self.buffers)).await? == Buffered::Exceeded,
         };
         if oversized && upstream.oversized_body() == OversizedBody::Reject {
             return Err(ProxyError::BodyTooLarge);

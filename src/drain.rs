@@ -1,0 +1,207 @@
+//! Graceful drain, tracked per connection without a shared lock on the request path.
+//!
+//! Every open connection holds a [`Watch`]. On each poll, the connection reads one atomic (the
+//! phase) and registers its own task's waker in its own slot; nothing is shared between
+//! connections until the phase changes. (tokio's `Notify`, behind `watch` channels and
+//! cancellation tokens, takes one mutex shared by every waiter on each poll of a waiting future:
+//! one lock per wake-up of every connection, which all cores would fight over.) The registry of
+//! slots is locked only when a connection opens or closes and when the phase changes.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
+use tokio::sync::Notify;
+
+/// What open connections are asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Serve requests.
+    Serving,
+    /// Finish the requests in progress, take no new ones, close idle keep-alive connections.
+    Draining,
+    /// Close now (the drain deadline passed).
+    Abort,
+}
+
+/// The drain state shared by every listener's connections. Cloning shares it.
+#[derive(Clone, Default)]
+pub struct Drain {
+    inner: Arc<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    phase: AtomicU8,
+    next_id: AtomicU64,
+    /// Each open connection's waker slot, by id.
+    open: Mutex<HashMap<u64, Arc<AtomicWaker>>>,
+    /// Signalled when the last connection closes.
+    all_closed: Notify,
+}
+
+/// One connection's registration; dropping it (the connection ended) unregisters it.
+pub struct Watch {
+    inner: Arc<Inner>,
+    id: u64,
+    waker: Arc<AtomicWaker>,
+}
+
+impl Drain {
+    pub fn new() -> Drain {
+        Drain::default()
+    }
+
+    /// Registers a connection that has just been accepted.
+    pub fn watch(&self) -> Watch {
+        let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let waker = Arc::new(AtomicWaker::new());
+        lock(&self.inner.open).insert(id, Arc::clone(&waker));
+        Watch {
+            inner: Arc::clone(&self.inner),
+            id,
+            waker,
+        }
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        lock(&self.inner.open).len()
+    }
+
+    /// Asks every connection to finish what it is doing and close; resolves once all have.
+    pub async fn drain(&self) {
+        self.set(Phase::Draining);
+        loop {
+            let closed = self.inner.all_closed.notified();
+            if self.open() == 0 {
+                return;
+            }
+            closed.await;
+        }
+    }
+
+    /// Tells every connection to close now.
+    pub fn abort(&self) {
+        self.set(Phase::Abort);
+    }
+
+    fn set(&self, phase: Phase) {
+        self.inner.phase.store(phase as u8, Ordering::Release);
+        for waker in lock(&self.inner.open).values() {
+            waker.wake();
+        }
+    }
+}
+
+impl Watch {
+    /// The current phase; registers the calling task to be woken when it changes.
+    pub fn poll_phase(&self, cx: &mut Context<'_>) -> Phase {
+        self.waker.register(cx.waker());
+        match self.inner.phase.load(Ordering::Acquire) {
+            0 => Phase::Serving,
+            1 => Phase::Draining,
+            _ => Phase::Abort,
+        }
+    }
+
+    /// Runs `fut` until it ends or the drain is aborted (then it is dropped, closing whatever
+    /// it owns). Returns `None` when aborted.
+    pub async fn unless_aborted<F: Future>(&self, fut: F) -> Option<F::Output> {
+        let mut fut = std::pin::pin!(fut);
+        std::future::poll_fn(|cx| {
+            if self.poll_phase(cx) == Phase::Abort {
+                return Poll::Ready(None);
+            }
+            fut.as_mut().poll(cx).map(Some)
+        })
+        .await
+    }
+
+    /// Polls a connection, calling `shutdown` once the drain begins (hyper's graceful shutdown:
+    /// finish the request in progress, then close).
+    pub async fn serve<C, F>(&self, conn: C, shutdown: F) -> C::Output
+    where
+        C: Future,
+        F: Fn(Pin<&mut C>),
+    {
+        let mut conn = std::pin::pin!(conn);
+        let mut asked = false;
+        std::future::poll_fn(|cx| {
+            if !asked && self.poll_phase(cx) != Phase::Serving {
+                asked = true;
+                shutdown(conn.as_mut());
+            }
+            conn.as_mut().poll(cx)
+        })
+        .await
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let mut open = lock(&self.inner.open);
+        open.remove(&self.id);
+        if open.is_empty() {
+            self.inner.all_closed.notify_waiters();
+        }
+    }
+}
+
+/// The registry is a plain map that no code path leaves half-changed.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn drain_asks_each_connection_once_and_waits_for_all() {
+        let drain = Drain::new();
+        let a = drain.watch();
+        let b = drain.watch();
+        assert_eq!(drain.open(), 2);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let n = Arc::clone(&asked);
+        // A "connection" that ends only after it was asked to shut down and `rx` fires.
+        let conn_a = tokio::spawn(async move {
+            a.serve(rx, |_| {
+                n.fetch_add(1, Ordering::SeqCst);
+            })
+            .await
+            .ok();
+            drop(a);
+        });
+        let waiting = tokio::spawn({
+            let drain = drain.clone();
+            async move { drain.drain().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        tx.send(()).unwrap();
+        conn_a.await.unwrap();
+        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        assert!(!waiting.is_finished() || drain.open() == 0);
+        drop(b);
+        waiting.await.unwrap();
+        assert_eq!(drain.open(), 0);
+    }
+
+    #[tokio::test]
+    async fn abort_ends_what_is_left() {
+        let drain = Drain::new();
+        let w = drain.watch();
+        let pending =
+            tokio::spawn(async move { w.unless_aborted(std::future::pending::<()>()).await });
+        tokio::task::yield_now().await;
+        drain.abort();
+        assert_eq!(pending.await.unwrap(), None);
+    }
+}
