@@ -34,26 +34,30 @@ pub enum BodyError {
     Upstream(#[source] hyper::Error),
 }
 
+pub enum ResponseBody {
+    /// A complete body of weir's own (error pages).
+    Full { data: Option<Bytes> },
+    /// The backend's whole response, read before the head was sent; its slot is already free.
+    Buffered {
+        frames: VecDeque<Frame<Bytes>>,
+        reservation: Reservation,
+    },
+    /// The backend's body, streamed. Boxed: the common small answer is buffered, and this
+    /// variant would make every response (moved several times per request) twice as large.
+    Upstream(Pin<Box<Streaming>>),
+}
+
 pin_project! {
-    #[project = Proj]
-    pub enum ResponseBody {
-        /// A complete body of weir's own (error pages).
-        Full { data: Option<Bytes> },
-        /// The backend's whole response, read before the head was sent; its slot is already free.
-        Buffered {
-            frames: VecDeque<Frame<Bytes>>,
-            reservation: Reservation,
-        },
-        /// The backend's body, streamed: first what was buffered, then the rest as it comes.
-        Upstream {
-            prefix: VecDeque<Frame<Bytes>>,
-            reservation: Reservation,
-            #[pin]
-            inner: Incoming,
-            #[pin]
-            deadline: Sleep,
-            exchange: Option<Exchange>,
-        },
+    /// A streamed backend body: first what was buffered, then the rest as it comes.
+    #[project = StreamingProj]
+    pub struct Streaming {
+        prefix: VecDeque<Frame<Bytes>>,
+        reservation: Reservation,
+        #[pin]
+        inner: Incoming,
+        #[pin]
+        deadline: Sleep,
+        exchange: Option<Exchange>,
     }
 }
 
@@ -116,13 +120,13 @@ impl ResponseBody {
                 ended: false,
             })
         };
-        ResponseBody::Upstream {
+        ResponseBody::Upstream(Box::pin(Streaming {
             prefix,
             reservation,
             inner,
             deadline,
             exchange,
-        }
+        }))
     }
 
     /// A response read whole; `reservation` holds its bytes in the buffer budget until sent.
@@ -163,16 +167,17 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        match self.project() {
-            Proj::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            Proj::Buffered { frames, .. } => Poll::Ready(frames.pop_front().map(Ok)),
-            Proj::Upstream {
-                prefix,
-                mut inner,
-                deadline,
-                exchange,
-                ..
-            } => {
+        match self.get_mut() {
+            ResponseBody::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ResponseBody::Buffered { frames, .. } => Poll::Ready(frames.pop_front().map(Ok)),
+            ResponseBody::Upstream(streaming) => {
+                let StreamingProj {
+                    prefix,
+                    mut inner,
+                    deadline,
+                    exchange,
+                    ..
+                } = streaming.as_mut().project();
                 if let Some(frame) = prefix.pop_front() {
                     return Poll::Ready(Some(Ok(frame)));
                 }
@@ -213,9 +218,7 @@ impl Body for ResponseBody {
         match self {
             ResponseBody::Full { data } => data.is_none(),
             ResponseBody::Buffered { frames, .. } => frames.is_empty(),
-            ResponseBody::Upstream { prefix, inner, .. } => {
-                prefix.is_empty() && inner.is_end_stream()
-            }
+            ResponseBody::Upstream(s) => s.prefix.is_empty() && s.inner.is_end_stream(),
         }
     }
 
@@ -225,9 +228,7 @@ impl Body for ResponseBody {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
             ResponseBody::Buffered { frames, .. } => SizeHint::with_exact(data_len(frames)),
-            ResponseBody::Upstream { prefix, inner, .. } => {
-                hint_after(data_len(prefix), inner.size_hint())
-            }
+            ResponseBody::Upstream(s) => hint_after(data_len(&s.prefix), s.inner.size_hint()),
         }
     }
 }
@@ -250,7 +251,15 @@ pub enum RequestBodyError {
 /// The client's request body on its way to the backend: first whatever was buffered before
 /// admission, then (if the body was not read whole) the rest as it arrives, under the listener's
 /// `body_timeout` (no progress), `min_body_rate` (trickles) and `max_body_bytes` (running total).
+///
+/// Most requests have no body: theirs is a null pointer, so the request that is moved through
+/// the handler and into the backend connection's channel stays small, and costs no allocation.
 pub struct RequestBody {
+    upload: Option<Box<Upload>>,
+}
+
+/// A request body that is not empty.
+struct Upload {
     /// Frames read before admission, in order.
     buffered: VecDeque<Frame<Bytes>>,
     /// The part still to be read from the client; `None` once it has ended.
@@ -279,28 +288,47 @@ pub enum Buffered {
 impl RequestBody {
     /// The body of a request that arrived at `now` (read once per request, by its record).
     pub fn new(inner: Incoming, listener: &Arc<ListenerInfo>, now: Instant) -> RequestBody {
+        if inner.is_end_stream() {
+            return RequestBody { upload: None };
+        }
         RequestBody {
-            client: (!inner.is_end_stream()).then_some(inner),
-            buffered: VecDeque::new(),
-            _reservation: Reservation::default(),
-            timer: None,
-            listener: Arc::clone(listener),
-            started: now,
-            last_progress: now,
-            received: 0,
-            limit: listener.max_body_bytes.unwrap_or(u64::MAX),
+            upload: Some(Box::new(Upload {
+                client: Some(inner),
+                buffered: VecDeque::new(),
+                _reservation: Reservation::default(),
+                timer: None,
+                listener: Arc::clone(listener),
+                started: now,
+                last_progress: now,
+                received: 0,
+                limit: listener.max_body_bytes.unwrap_or(u64::MAX),
+            })),
         }
     }
 
     /// Whether any of the body is still to be read from the client.
     pub fn is_streaming(&self) -> bool {
-        self.client.is_some()
+        self.upload.as_ref().is_some_and(|u| u.client.is_some())
     }
 
     /// Reads the body into memory, up to `max` bytes, reserving them from `pool` (all at once
     /// when the client announced the length). Stops early, with the rest left to stream, when the
     /// body turns out larger than `max`.
     pub async fn buffer(
+        &mut self,
+        max: u64,
+        announced: Option<u64>,
+        pool: &BufferPool,
+    ) -> Result<Buffered, RequestBodyError> {
+        match self.upload.as_mut() {
+            None => Ok(Buffered::Whole),
+            Some(upload) => upload.buffer(max, announced, pool).await,
+        }
+    }
+}
+
+impl Upload {
+    async fn buffer(
         &mut self,
         max: u64,
         announced: Option<u64>,
@@ -410,7 +438,9 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RequestBodyError>>> {
-        let this = self.get_mut();
+        let Some(this) = self.get_mut().upload.as_deref_mut() else {
+            return Poll::Ready(None);
+        };
         if let Some(frame) = this.buffered.pop_front() {
             return Poll::Ready(Some(Ok(frame)));
         }
@@ -418,12 +448,17 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.buffered.is_empty() && self.client.is_none()
+        self.upload
+            .as_ref()
+            .is_none_or(|u| u.buffered.is_empty() && u.client.is_none())
     }
 
     fn size_hint(&self) -> SizeHint {
-        let buffered = data_len(&self.buffered);
-        match &self.client {
+        let Some(upload) = self.upload.as_ref() else {
+            return SizeHint::with_exact(0);
+        };
+        let buffered = data_len(&upload.buffered);
+        match &upload.client {
             None => SizeHint::with_exact(buffered),
             Some(client) => hint_after(buffered, client.size_hint()),
         }

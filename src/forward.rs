@@ -240,14 +240,19 @@ impl Upstream {
         let headers = &mut parts.headers;
 
         // HTTP/2 clients (and HTTP/1 absolute-form requests) carry the host in the URI.
-        if !headers.contains_key(header::HOST) {
-            if let Some(authority) = parts.uri.authority() {
-                let host = HeaderValue::from_str(authority.as_str())
-                    .map_err(|_| ProxyError::BadRequest("invalid authority"))?;
-                headers.insert(header::HOST, host);
-            }
-        }
-        if let Some(host) = headers.get(header::HOST).cloned() {
+        let host = match headers.get(header::HOST) {
+            Some(host) => Some(host.clone()),
+            None => match parts.uri.authority() {
+                Some(authority) => {
+                    let host = HeaderValue::from_str(authority.as_str())
+                        .map_err(|_| ProxyError::BadRequest("invalid authority"))?;
+                    headers.insert(header::HOST, host.clone());
+                    Some(host)
+                }
+                None => None,
+            },
+        };
+        if let Some(host) = host {
             headers.insert(X_FORWARDED_HOST.clone(), host);
         }
         append_forwarded_for(headers, &client.forwarded_for);
@@ -342,6 +347,11 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it names, plus the
 /// fixed list. Returns whether `TE` asked for trailers, which an HTTP/2 backend may be told.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
+    // Most messages carry none of them: one pass over the names (standard names compare as
+    // small integers) instead of a hashed removal per listed header.
+    if !headers.keys().any(is_hop_by_hop) {
+        return false;
+    }
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderValue> = headers
             .get_all(header::CONNECTION)
@@ -364,19 +374,26 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
                 .any(|p| p.trim().eq_ignore_ascii_case("trailers"))
         })
     });
-    for name in [
-        &KEEP_ALIVE,
-        &header::TE,
-        &header::TRAILER,
-        &header::TRANSFER_ENCODING,
-        &header::UPGRADE,
-        &header::PROXY_AUTHENTICATE,
-        &header::PROXY_AUTHORIZATION,
-        &PROXY_CONNECTION,
-    ] {
+    for name in HOP_BY_HOP {
         headers.remove(name);
     }
     wants_trailers
+}
+
+/// The fixed hop-by-hop headers, besides `Connection` (RFC 9110 §7.6.1, and two legacy ones).
+static HOP_BY_HOP: [&HeaderName; 8] = [
+    &KEEP_ALIVE,
+    &header::TE,
+    &header::TRAILER,
+    &header::TRANSFER_ENCODING,
+    &header::UPGRADE,
+    &header::PROXY_AUTHENTICATE,
+    &header::PROXY_AUTHORIZATION,
+    &PROXY_CONNECTION,
+];
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION || HOP_BY_HOP.contains(&name)
 }
 
 /// The settings of the pooled client `cfg` describes.
