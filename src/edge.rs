@@ -248,11 +248,13 @@ impl Edge {
             let _open = info.counters.open();
             let served = async {
                 match tls {
-                    None => serve(&builder, &watch, stream, None, conn).await,
+                    // Each path is boxed: an idle connection's task then holds only the state of
+                    // the path it took, not the TLS handshake's and both servers' side by side.
+                    None => Box::pin(serve(&builder, &watch, stream, None, conn)).await,
                     Some(acceptor) => {
                         let stream = match tokio::time::timeout(
                             handshake_timeout,
-                            acceptor.accept(stream),
+                            Box::pin(acceptor.accept(stream)),
                         )
                         .await
                         {
@@ -269,7 +271,7 @@ impl Edge {
                             }
                         };
                         let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        serve(&builder, &watch, stream, Some(h2), conn).await
+                        Box::pin(serve(&builder, &watch, stream, Some(h2), conn)).await
                     }
                 }
             };
@@ -294,7 +296,9 @@ async fn serve<S>(
     let io = TokioIo::new(GuardedIo::new(stream, Arc::clone(&conn), h2));
     let service = service_fn(move |req| {
         let request = InProgress::new(Arc::clone(&conn));
-        async move {
+        // Boxed per request: hyper keeps the slot for a connection's request future for the
+        // connection's whole life, so an idle keep-alive connection would hold kilobytes.
+        Box::pin(async move {
             let (response, mut record) = request.0.proxy.handle(req, &request.0.client).await;
             if response.body().is_end_stream() {
                 // hyper will not poll a body that is already at its end (HEAD, 204, empty).
@@ -305,7 +309,7 @@ async fn serve<S>(
                 record,
                 _request: request,
             }))
-        }
+        })
     });
     let conn = builder.serve_connection(io, service);
     if let Err(e) = watch.serve(conn, |c| c.graceful_shutdown()).await {

@@ -40,11 +40,6 @@ enum Command {
     },
 }
 
-/// mimalloc: the request path allocates and frees small blocks across threads all the time
-/// (headers, body chunks, futures); glibc's malloc costs about twice as much per request there.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Demo { duration, admin }) = cli.command {
