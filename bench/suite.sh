@@ -6,6 +6,10 @@
 #   A  tiny responses, HTTP/1.1 keep-alive, 64 connections, closed loop (wrk): requests/s, p50/p99,
 #      and the proxy's CPU time per request; then open loop at half of HAProxy's maximum.
 #   B  overload: backend capacity 16 x 20 ms (800 requests/s), offered 4,000 requests/s open loop.
+#   C  idle connections: IDLE_CONNS (default 9,500) idle keep-alive connections, resident memory
+#      per connection (HAProxy needs two descriptors per connection of its maxconn, and a file
+#      limit of 20,000, as on the machine measured, caps it below 10,000).
+#   D  TLS: new handshakes/s and keep-alive HTTPS, weir vs nginx (bench/tls.rs).
 #   E  HTTP/2 from the client (h2load, prior knowledge) through weir and nginx.
 # The proxy under test runs pinned to core 1 with one worker; the backend and the load generator
 # share core 0. Every process started here is stopped on exit, by PID.
@@ -41,6 +45,9 @@ cargo build --release --locked --quiet --bin weir
 bin_of() { cargo bench --locked --bench "$1" --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1; }
 BACKEND_BIN=$(bin_of backend)
 OPENLOOP_BIN=$(bin_of openloop)
+IDLE_BIN=$(bin_of idle)
+cargo bench --locked --bench tls --no-run --quiet 2>/dev/null
+IDLE_CONNS=${IDLE_CONNS:-9500}
 WEIR_BIN=target/release/weir
 
 BACKEND=127.0.0.1:19100
@@ -65,6 +72,7 @@ access = false
 [[listener]]
 name = "h1"
 addr = "$WEIR"
+max_connections = 12000
 [[listener]]
 name = "h2"
 addr = "$WEIR_H2"
@@ -88,14 +96,14 @@ upstream = "a"
 EOF
 cat >"$OUT/nginx.conf" <<EOF
 worker_processes 1;
+worker_rlimit_nofile 20000;
 pid $PWD/$OUT/nginx.pid;
 error_log $PWD/$OUT/nginx.error.log warn;
 daemon off;
-events { worker_connections 9000; }
+events { worker_connections 12000; }
 http {
     access_log off;
     keepalive_requests 1000000;
-    http2_max_requests 1000000;
     client_body_temp_path $PWD/$OUT/nginx-tmp;
     proxy_temp_path $PWD/$OUT/nginx-tmp;
     upstream a { server $BACKEND; keepalive 256; }
@@ -113,7 +121,7 @@ cat >"$OUT/haproxy.cfg" <<EOF
 global
     nbthread 1
     # Two descriptors per connection must fit the file limit (20,000 on the machine measured).
-    maxconn 9000
+    maxconn 9800
 defaults
     mode http
     option http-keep-alive
@@ -135,7 +143,7 @@ backend b
 EOF
 
 # ---- processes ----
-$LG "$BACKEND_BIN" "$BACKEND" 16 20 >"$OUT/backend.log" 2>&1 & PIDS+=($!)
+$LG "$BACKEND_BIN" "$BACKEND" 16 20 >"$OUT/backend.log" 2>&1 & BACKEND_PID=$!; PIDS+=($BACKEND_PID)
 wait_port "$BACKEND"
 $PROXY "$WEIR_BIN" --config "$OUT/weir.toml" >"$OUT/weir.log" 2>&1 & WEIR_PID=$!; PIDS+=($WEIR_PID)
 $PROXY nginx -c "$PWD/$OUT/nginx.conf" >"$OUT/nginx.log" 2>&1 & NGINX_PID=$!; PIDS+=($NGINX_PID)
@@ -181,11 +189,37 @@ done
 
 # ---- B: overload ----
 echo "B: backend capacity 16 x 20 ms = 800 req/s, offered 4000 req/s open loop"
+# The backend's real capacity on this machine: 16 clients in a closed loop, straight to it.
+cap=$($LG wrk -t1 -c16 -d"${SECONDS_PER_RUN}s" "http://$BACKEND/work" | awk '/Requests\/sec/ {print $2}')
+record "{\"scenario\":\"B-capacity\",\"target\":\"direct\",\"rps\":$cap}"
+echo "  measured capacity: $cap req/s"
 for t in direct weir nginx haproxy; do
     line=$($LG "$OPENLOOP_BIN" "http://${ADDR[$t]}/work" 4000 "$SECONDS_PER_RUN")
     record "{\"scenario\":\"B\",\"target\":\"$t\",\"result\":$line}"
     printf '  %-8s %s\n' "$t" "$line"
 done
+
+# ---- C: idle connections ----
+echo "C: $IDLE_CONNS idle keep-alive connections, resident memory per connection"
+rss_kb() { local t=0; for p in "$@"; do [ -r "/proc/$p/status" ] && t=$((t + $(awk '/VmRSS/ {print $2}' "/proc/$p/status"))); done; echo $t; }
+for t in direct weir nginx haproxy; do
+    pids=$(pids_of $t); [ "$t" = direct ] && pids=$BACKEND_PID
+    before=$(rss_kb $pids)
+    $LG "$IDLE_BIN" "${ADDR[$t]}" "$IDLE_CONNS" 120 >"$OUT/idle.out" 2>&1 & holder=$!
+    for _ in $(seq 1 600); do grep -q '^ready' "$OUT/idle.out" && break; sleep 0.1; done
+    sleep 1
+    after=$(rss_kb $pids)
+    held=$(awk '/^ready/ {print $2}' "$OUT/idle.out")
+    kill "$holder" 2>/dev/null || true; wait "$holder" 2>/dev/null || true
+    per=$(awk -v a="$after" -v b="$before" -v n="${held:-0}" 'BEGIN { if (n > 0) printf "%.0f", (a - b) * 1024 / n; else print "null" }')
+    record "{\"scenario\":\"C\",\"target\":\"$t\",\"connections\":${held:-0},\"rss_before_kb\":$before,\"rss_after_kb\":$after,\"bytes_per_connection\":$per}"
+    printf '  %-8s %6s connections held, RSS %7s -> %7s kB: %6s bytes/connection\n' "$t" "${held:-0}" "$before" "$after" "$per"
+    sleep 1   # let the closed connections go before the next target
+done
+
+# ---- D: TLS ----
+echo "D: TLS handshakes and keep-alive HTTPS, weir vs nginx (bench/tls.rs)"
+BENCH_WEIR_CPU=1 $LG cargo bench --locked --bench tls 2>/dev/null | grep -E '^\||weir / nginx' | tee "$OUT/tls.md"
 
 # ---- E: HTTP/2 from the client ----
 echo "E: h2load, 64 connections x 10 streams, prior knowledge"
@@ -215,12 +249,28 @@ for t, r in a.items():
     cpu = r["cpu_us_per_request"]
     wr = ratio(a["weir"]["cpu_us_per_request"], cpu) if t in ("nginx", "haproxy") and cpu else ""
     print(f"| {t} | {r['rps']:.0f} | {r['p50_ms']} | {r['p99_ms']} | {cpu if cpu is not None else '-'} | {wr} |")
+cap = next((r["rps"] for r in rows if r["scenario"] == "B-capacity"), None)
 for scen, title in (("A-fixed", "A. open loop at half of HAProxy's maximum"), ("B", "B. overload, 4,000 req/s offered to 800 req/s of capacity")):
-    print(f"\n## {title}\n\n| target | 2xx | 503 | other | errors | goodput/s | 2xx p50 ms | 2xx p99 ms | 503 p50 ms | 503 p99 ms |\n|---|---|---|---|---|---|---|---|---|---|")
+    print(f"\n## {title}\n")
+    if scen == "B" and cap:
+        print(f"Backend capacity measured in this run (16 clients, closed loop, direct): {cap:.0f} req/s.\n")
+    print("Latencies from the scheduled send; the \"from send\" columns from the actual send; \"lag\": how late the generator itself sent (p99).\n")
+    print("| target | 2xx | 503 | other | errors | goodput/s | of capacity | 2xx p50 ms | 2xx p99 ms | 503 p50 ms | 503 p99 ms | 2xx p99 from send | 503 p99 from send | lag p99 ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r["scenario"] == scen:
             x = r["result"]
-            print(f"| {r['target']} | {x['ok']} | {x['status_503']} | {x['other']} | {x['errors']} | {x['goodput_rps']} | {x['ok_p50_ms']} | {x['ok_p99_ms']} | {x['u503_p50_ms']} | {x['u503_p99_ms']} |")
+            share = f"{100 * x['goodput_rps'] / cap:.1f}%" if scen == "B" and cap else "-"
+            print(f"| {r['target']} | {x['ok']} | {x['status_503']} | {x['other']} | {x['errors']} | {x['goodput_rps']} | {share} | {x['ok_p50_ms']} | {x['ok_p99_ms']} | {x['u503_p50_ms']} | {x['u503_p99_ms']} | {x['ok_p99_from_send_ms']} | {x['u503_p99_from_send_ms']} | {x['send_lag_p99_ms']} |")
+c = [r for r in rows if r["scenario"] == "C"]
+if c:
+    print("\n## C. idle keep-alive connections\n\n| target | connections | RSS before kB | RSS after kB | bytes per connection |\n|---|---|---|---|---|")
+    for r in c:
+        print(f"| {r['target']} | {r['connections']} | {r['rss_before_kb']} | {r['rss_after_kb']} | {r['bytes_per_connection']} |")
+import os
+tls = os.path.join(os.path.dirname(sys.argv[1]), "tls.md")
+if os.path.exists(tls):
+    print("\n## D. TLS (ECDSA P-256), weir vs nginx\n")
+    print(open(tls).read().strip())
 print("\n## E. HTTP/2, 64 connections x 10 streams\n\n| target | req/s | 2xx | CPU µs/request |\n|---|---|---|---|")
 for r in rows:
     if r["scenario"] == "E":
