@@ -21,6 +21,7 @@ use tokio::time::Instant;
 
 use crate::body::RequestBody;
 use crate::config::Protocol;
+use crate::lock;
 
 /// Why a request never got a response head from the backend.
 #[derive(Debug, thiserror::Error)]
@@ -350,10 +351,4 @@ impl Shared {
             source,
         }
     }
-}
-
-/// The pool's locks guard plain lists that no code path leaves half-changed, so a panic elsewhere
-/// while one was held does not make them unusable.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

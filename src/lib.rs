@@ -102,7 +102,7 @@ struct Live {
 impl Live {
     fn config(&self) -> std::sync::MutexGuard<'_, Config> {
         // Only ever replaced whole: a poisoned lock still holds a valid configuration.
-        self.config.lock().unwrap_or_else(|p| p.into_inner())
+        lock(&self.config)
     }
 }
 
@@ -257,6 +257,12 @@ impl Server {
 /// overflows under a burst of new connections, and the kernel then drops SYNs that clients only
 /// retry a second or more later; the kernel caps this at `net.core.somaxconn`.
 const LISTEN_BACKLOG: u32 = 4096;
+
+/// Locks a mutex whose data no code path leaves half-changed, so that a panic elsewhere while it
+/// was held does not make it unusable (weir's locks guard plain lists and values).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
 
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
