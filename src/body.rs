@@ -103,14 +103,13 @@ impl ResponseBody {
         reservation: Reservation,
         inner: Incoming,
         permit: Permit,
-        mut lease: Lease,
+        lease: Lease,
         deadline: Sleep,
     ) -> ResponseBody {
         // A body that is already complete (204, 304, HEAD, Content-Length: 0) may never be polled:
         // free the connection and the slot now.
         let exchange = if inner.is_end_stream() {
-            lease.reusable();
-            drop(lease);
+            lease.reuse();
             drop(permit);
             None
         } else {
@@ -145,7 +144,7 @@ impl Exchange {
             ex.ended = true;
             match kind {
                 Some(kind) => ex.permit.counters().upstream_error(kind),
-                None => ex.lease.reusable(),
+                None => ex.lease.set_reusable(),
             }
         }
     }

@@ -101,9 +101,16 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Lease {
-    /// The response was read to its end: the connection can carry another request.
-    pub fn reusable(&mut self) {
+    /// The response was read to its end: the connection can carry another request, and goes
+    /// back to the pool when the lease is dropped.
+    pub fn set_reusable(&mut self) {
         self.reusable = true;
+    }
+
+    /// The response was read to its end: the connection goes back to the pool now (before the
+    /// caller frees the request's slot, so that the request it admits next finds it there).
+    pub fn reuse(mut self) {
+        self.set_reusable();
     }
 }
 
@@ -285,17 +292,15 @@ impl Shared {
 
     fn close_expired(&self) {
         let now = Instant::now();
-        let timeout = self.settings.idle_timeout;
+        let fresh = |c: &Idle| {
+            now.saturating_duration_since(c.since) < self.settings.idle_timeout && !c.tx.is_closed()
+        };
         // Dropped after the lock is released: each drop wakes its connection's task to close it.
         let expired: Vec<Idle> = {
             let mut idle = lock(&self.idle);
-            let keep = idle
-                .iter()
-                .position(|c| now.saturating_duration_since(c.since) < timeout && !c.tx.is_closed())
-                .unwrap_or(idle.len());
-            // The oldest are first; anything before the first live, recent one goes. A closed one
-            // further up is skipped when taken.
-            idle.drain(..keep).collect()
+            let (keep, expired) = std::mem::take(&mut *idle).into_iter().partition(fresh);
+            *idle = keep;
+            expired
         };
         drop(expired);
     }

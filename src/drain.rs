@@ -125,8 +125,9 @@ impl Watch {
     }
 
     /// Polls a connection, calling `shutdown` once the drain begins (hyper's graceful shutdown:
-    /// finish the request in progress, then close).
-    pub async fn serve<C, F>(&self, conn: C, shutdown: F) -> C::Output
+    /// finish the request in progress, then close). Returns `None` when the drain is aborted: the
+    /// connection is dropped, which closes it. One phase check per poll, for both.
+    pub async fn serve<C, F>(&self, conn: C, shutdown: F) -> Option<C::Output>
     where
         C: Future,
         F: Fn(Pin<&mut C>),
@@ -134,11 +135,15 @@ impl Watch {
         let mut conn = std::pin::pin!(conn);
         let mut asked = false;
         std::future::poll_fn(|cx| {
-            if !asked && self.poll_phase(cx) != Phase::Serving {
-                asked = true;
-                shutdown(conn.as_mut());
+            match self.poll_phase(cx) {
+                Phase::Abort => return Poll::Ready(None),
+                Phase::Draining if !asked => {
+                    asked = true;
+                    shutdown(conn.as_mut());
+                }
+                _ => {}
             }
-            conn.as_mut().poll(cx)
+            conn.as_mut().poll(cx).map(Some)
         })
         .await
     }
@@ -157,6 +162,7 @@ impl Drop for Watch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use futures_util::FutureExt;
 
     #[tokio::test]
     async fn drain_asks_each_connection_once_and_waits_for_all() {
@@ -165,31 +171,32 @@ mod tests {
         let b = drain.watch();
         assert_eq!(drain.open(), 2);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let asked = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let n = Arc::clone(&asked);
-        // A "connection" that ends only after it was asked to shut down and `rx` fires.
-        let conn_a = tokio::spawn(async move {
-            a.serve(rx, |_| {
-                n.fetch_add(1, Ordering::SeqCst);
-            })
-            .await
-            .ok();
-            drop(a);
-        });
-        let waiting = tokio::spawn({
-            let drain = drain.clone();
-            async move { drain.drain().await }
-        });
-        tokio::task::yield_now().await;
-        assert!(!waiting.is_finished());
-        tx.send(()).unwrap();
-        conn_a.await.unwrap();
-        assert_eq!(asked.load(Ordering::SeqCst), 1);
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        let mut waiting = std::pin::pin!(drain.drain());
+        {
+            // A "connection" that ends only when `rx` fires, counting the shutdown requests.
+            let mut conn_a = std::pin::pin!(a.serve(rx, |_| {
+                asked.fetch_add(1, Ordering::SeqCst);
+            }));
+            assert!(conn_a.as_mut().now_or_never().is_none());
+            assert_eq!(asked.load(Ordering::SeqCst), 0, "not asked while serving");
+
+            // The first poll of the drain switches the phase and wakes every connection.
+            assert!(waiting.as_mut().now_or_never().is_none());
+            assert!(conn_a.as_mut().now_or_never().is_none());
+            assert!(conn_a.as_mut().now_or_never().is_none());
+            let n = asked.load(Ordering::SeqCst);
+            assert_eq!(n, 1, "asked once, however often polled");
+
+            tx.send(()).unwrap();
+            assert_eq!(conn_a.await.map(|r| r.is_ok()), Some(true));
+        }
+        drop(a);
         // `b` is still open: the drain cannot be over.
         assert_eq!(drain.open(), 1);
-        assert!(!waiting.is_finished());
+        assert!(waiting.as_mut().now_or_never().is_none());
         drop(b);
-        waiting.await.unwrap();
+        waiting.await;
         assert_eq!(drain.open(), 0);
     }
 

@@ -246,50 +246,49 @@ impl Edge {
             let _slot = slot;
             let info = Arc::clone(&conn.client.listener);
             let _open = info.counters.open();
-            let served = async {
-                match tls {
-                    // Each path is boxed: an idle connection's task then holds only the state of
-                    // the path it took, not the TLS handshake's and both servers' side by side.
-                    None => Box::pin(serve(&builder, &watch, stream, None, conn)).await,
-                    Some(acceptor) => {
-                        let stream = match tokio::time::timeout(
-                            handshake_timeout,
-                            Box::pin(acceptor.accept(stream)),
-                        )
-                        .await
-                        {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(e)) => {
-                                info.counters.reject(ConnReject::TlsHandshake);
-                                tracing::debug!(listener = %info.name, peer = %peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                info.counters.timeout(ClientTimeout::TlsHandshake);
-                                tracing::debug!(listener = %info.name, peer = %peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                        let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                        Box::pin(serve(&builder, &watch, stream, Some(h2), conn)).await
+            // `None` when the drain was aborted (drain_timeout expired).
+            let served = match tls {
+                // Each path is boxed: an idle connection's task then holds only the state of the
+                // path it took, not the TLS handshake's and both servers' side by side.
+                None => Box::pin(serve(&builder, &watch, stream, None, conn)).await,
+                Some(acceptor) => {
+                    let handshake =
+                        tokio::time::timeout(handshake_timeout, Box::pin(acceptor.accept(stream)));
+                    match watch.unless_aborted(handshake).await {
+                        None => None,
+                        Some(Ok(Ok(stream))) => {
+                            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
+                            Box::pin(serve(&builder, &watch, stream, Some(h2), conn)).await
+                        }
+                        Some(Ok(Err(e))) => {
+                            info.counters.reject(ConnReject::TlsHandshake);
+                            tracing::debug!(listener = %info.name, peer = %peer, error = %e, "TLS handshake failed");
+                            Some(())
+                        }
+                        Some(Err(_)) => {
+                            info.counters.timeout(ClientTimeout::TlsHandshake);
+                            tracing::debug!(listener = %info.name, peer = %peer, "TLS handshake timed out");
+                            Some(())
+                        }
                     }
                 }
             };
-            if watch.unless_aborted(served).await.is_none() {
+            if served.is_none() {
                 tracing::debug!(listener = %info.name, peer = %peer, "connection aborted: drain_timeout expired");
             }
         });
     }
 }
 
-/// Serves HTTP on one connection until it ends.
+/// Serves HTTP on one connection until it ends; `None` when the drain aborted it.
 async fn serve<S>(
     builder: &auto::Builder<TokioExecutor>,
     watch: &Watch,
     stream: S,
     h2: Option<bool>,
     conn: Arc<Conn>,
-) where
+) -> Option<()>
+where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let info = Arc::clone(&conn.client.listener);
@@ -312,7 +311,7 @@ async fn serve<S>(
         })
     });
     let conn = builder.serve_connection(io, service);
-    if let Err(e) = watch.serve(conn, |c| c.graceful_shutdown()).await {
+    if let Err(e) = watch.serve(conn, |c| c.graceful_shutdown()).await? {
         if e.downcast_ref::<hyper::Error>()
             .is_some_and(hyper::Error::is_parse_too_large)
         {
@@ -321,6 +320,7 @@ async fn serve<S>(
         }
         tracing::debug!(listener = %info.name, error = %e, "connection ended with an error");
     }
+    Some(())
 }
 
 /// Errors that concern one connection only, not the listener: retry at once.

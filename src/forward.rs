@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::uri::{PathAndQuery, Scheme, Uri};
 use http::{Method, Request, Response, Version};
 use tokio::time::Instant;
 
@@ -53,9 +53,8 @@ impl ClientInfo {
 pub struct Upstream {
     pub name: String,
     pool: Arc<Pool>,
+    /// The backend's address and protocol live in the client's settings.
     client: Client,
-    authority: Authority,
-    protocol: Protocol,
     request_timeout: Duration,
     /// `Retry-After` value for this upstream's 503s, rendered once.
     retry_after: HeaderValue,
@@ -100,8 +99,6 @@ impl Upstream {
             name: cfg.name.clone(),
             pool,
             client,
-            authority: cfg.addr.clone(),
-            protocol: cfg.protocol,
             request_timeout: cfg.request_timeout,
             retry_after: HeaderValue::from(cfg.retry_after_secs),
             request_buffer: cfg.request_buffer,
@@ -177,7 +174,7 @@ impl Upstream {
         &self,
         mut body: Incoming,
         permit: crate::admission::Permit,
-        mut lease: Lease,
+        lease: Lease,
         deadline: Instant,
         buffers: &BufferPool,
     ) -> Result<ResponseBody, ProxyError> {
@@ -197,8 +194,7 @@ impl Upstream {
                 None => {
                     // Complete: the connection goes back to the pool before the slot is freed,
                     // so the request the slot admits next finds it there.
-                    lease.reusable();
-                    drop(lease);
+                    lease.reuse();
                     drop(permit);
                     return Ok(ResponseBody::buffered(frames, reservation));
                 }
@@ -258,7 +254,8 @@ impl Upstream {
         append_forwarded_for(headers, &client.forwarded_for);
         headers.insert(X_FORWARDED_PROTO.clone(), client.proto.clone());
 
-        parts.version = match self.protocol {
+        let settings = self.client.settings();
+        parts.version = match settings.protocol {
             Protocol::Http1 => Version::HTTP_11,
             Protocol::H2c => {
                 // gRPC needs `te: trailers` end to end; it is the one TE value HTTP/2 allows.
@@ -276,33 +273,24 @@ impl Upstream {
         {
             return Err(ProxyError::BadRequest("asterisk-form is not supported"));
         }
-        match self.protocol {
-            // HTTP/1.1 backends get origin-form, which is what HTTP/1.1 clients send: the URI is
-            // then passed through untouched.
-            Protocol::Http1 => {
-                if parts.uri.scheme().is_some() || parts.uri.authority().is_some() {
-                    let path = parts
-                        .uri
-                        .path_and_query()
-                        .cloned()
-                        .unwrap_or_else(|| PathAndQuery::from_static("/"));
-                    parts.uri = Uri::from(path);
-                }
-            }
-            // HTTP/2 carries the scheme and authority as pseudo-headers.
-            Protocol::H2c => {
-                let path = parts
-                    .uri
-                    .path_and_query()
-                    .cloned()
-                    .unwrap_or_else(|| PathAndQuery::from_static("/"));
-                parts.uri = Uri::builder()
+        // HTTP/1.1 backends get origin-form, which is what HTTP/1.1 clients send: the URI then
+        // passes through untouched. HTTP/2 carries the scheme and authority as pseudo-headers.
+        let absolute = parts.uri.scheme().is_some() || parts.uri.authority().is_some();
+        if settings.protocol == Protocol::H2c || absolute {
+            let path = parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/"));
+            parts.uri = match settings.protocol {
+                Protocol::Http1 => Uri::from(path),
+                Protocol::H2c => Uri::builder()
                     .scheme(Scheme::HTTP)
-                    .authority(self.authority.clone())
+                    .authority(settings.addr.clone())
                     .path_and_query(path)
                     .build()
-                    .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
-            }
+                    .map_err(|_| ProxyError::BadRequest("invalid request target"))?,
+            };
         }
         Ok(Request::from_parts(parts, body))
     }
