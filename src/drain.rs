@@ -15,12 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
+use pin_project_lite::pin_project;
 use tokio::sync::Notify;
 
 use crate::lock;
 
-/// What open connections are asked to do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What open connections are asked to do, in the order the phases come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Phase {
     /// Serve requests.
     Serving,
@@ -112,40 +113,68 @@ impl Watch {
     }
 
     /// Runs `fut` until it ends or the drain is aborted (then it is dropped, closing whatever
-    /// it owns). Returns `None` when aborted.
-    pub async fn unless_aborted<F: Future>(&self, fut: F) -> Option<F::Output> {
-        let mut fut = std::pin::pin!(fut);
-        std::future::poll_fn(|cx| {
-            if self.poll_phase(cx) == Phase::Abort {
-                return Poll::Ready(None);
-            }
-            fut.as_mut().poll(cx).map(Some)
-        })
-        .await
+    /// it owns). Resolves to `None` when aborted.
+    pub fn unless_aborted<C: Future>(&self, fut: C) -> Watched<'_, C, fn(Pin<&mut C>)> {
+        self.watched(fut, Phase::Abort, None)
     }
 
-    /// Polls a connection, calling `shutdown` once the drain begins (hyper's graceful shutdown:
-    /// finish the request in progress, then close). Returns `None` when the drain is aborted: the
-    /// connection is dropped, which closes it. One phase check per poll, for both.
-    pub async fn serve<C, F>(&self, conn: C, shutdown: F) -> Option<C::Output>
+    /// Runs `fut` while the server is serving: resolves to `None` (dropping `fut`) once the
+    /// drain begins. For waiting on a connection that has not sent a request yet.
+    pub fn while_serving<C: Future>(&self, fut: C) -> Watched<'_, C, fn(Pin<&mut C>)> {
+        self.watched(fut, Phase::Draining, None)
+    }
+
+    /// Runs a connection, calling `shutdown` once the drain begins (hyper's graceful shutdown:
+    /// finish the request in progress, then close). Resolves to `None` when the drain is
+    /// aborted: the connection is dropped, which closes it. One phase check per poll, for both.
+    pub fn serve<C, F>(&self, conn: C, shutdown: F) -> Watched<'_, C, F>
     where
         C: Future,
-        F: Fn(Pin<&mut C>),
+        F: FnOnce(Pin<&mut C>),
     {
-        let mut conn = std::pin::pin!(conn);
-        let mut asked = false;
-        std::future::poll_fn(|cx| {
-            match self.poll_phase(cx) {
-                Phase::Abort => return Poll::Ready(None),
-                Phase::Draining if !asked => {
-                    asked = true;
-                    shutdown(conn.as_mut());
-                }
-                _ => {}
+        self.watched(conn, Phase::Abort, Some(shutdown))
+    }
+
+    fn watched<C, F>(&self, fut: C, stop: Phase, on_drain: Option<F>) -> Watched<'_, C, F> {
+        Watched {
+            watch: self,
+            fut,
+            stop,
+            on_drain,
+        }
+    }
+}
+
+pin_project! {
+    /// A future run under the drain ([`Watch::serve`], [`Watch::unless_aborted`],
+    /// [`Watch::while_serving`]). A plain struct rather than an `async fn`, which would hold
+    /// the future twice: as its argument and pinned.
+    pub struct Watched<'a, C, F> {
+        watch: &'a Watch,
+        #[pin]
+        fut: C,
+        // From this phase on, the future is dropped and the answer is `None`.
+        stop: Phase,
+        // Called once, when the drain begins.
+        on_drain: Option<F>,
+    }
+}
+
+impl<C: Future, F: FnOnce(Pin<&mut C>)> Future for Watched<'_, C, F> {
+    type Output = Option<C::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let phase = this.watch.poll_phase(cx);
+        if phase >= *this.stop {
+            return Poll::Ready(None);
+        }
+        if phase == Phase::Draining {
+            if let Some(shutdown) = this.on_drain.take() {
+                shutdown(this.fut.as_mut());
             }
-            conn.as_mut().poll(cx).map(Some)
-        })
-        .await
+        }
+        this.fut.poll(cx).map(Some)
     }
 }
 

@@ -1,8 +1,10 @@
 //! The traffic side of a listener: the accept loop with its connection cap, TLS handshakes under a
-//! deadline, and one hyper server (HTTP/1.1 and HTTP/2 on the same port) per connection, running
-//! on a [`GuardedIo`] and watched for graceful drain.
+//! deadline, and one hyper server per connection, running on a [`GuardedIo`] and watched for
+//! graceful drain. HTTP/1.1 and HTTP/2 share a port: the protocol comes from ALPN, or from the
+//! first bytes, and the connection gets a server for that protocol alone.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,9 +15,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use http_body::{Body, Frame, SizeHint};
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -42,10 +44,16 @@ pub struct Edge {
     info: Arc<ListenerInfo>,
     tls: Option<Tls>,
     proxy: Arc<Proxy>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    servers: Arc<Servers>,
     /// One permit per allowed open connection (`max_connections`).
     slots: Arc<Semaphore>,
     tls_handshake_timeout: Duration,
+}
+
+/// The HTTP server for each protocol, as the listener's configuration sets them up.
+struct Servers {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
 }
 
 /// Per-connection state shared by the connection's requests and its [`GuardedIo`].
@@ -60,6 +68,15 @@ pub struct Conn {
 }
 
 impl Conn {
+    pub fn new(proxy: Arc<Proxy>, client: ClientInfo) -> Conn {
+        Conn {
+            proxy,
+            client,
+            in_progress: AtomicUsize::new(0),
+            idle_waker: AtomicWaker::new(),
+        }
+    }
+
     pub fn in_progress(&self) -> usize {
         self.in_progress.load(Ordering::Acquire)
     }
@@ -140,17 +157,14 @@ impl Edge {
         listener: TcpListener,
         proxy: Arc<Proxy>,
     ) -> Edge {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
             .keep_alive(true)
             // GuardedIo enforces header_timeout and idle_timeout (see watchdog.rs).
             .header_read_timeout(None)
             .max_buf_size(config.max_header_bytes.max(8 * 1024));
-        builder
-            .http2()
-            .timer(TokioTimer::new())
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
             .max_concurrent_streams(config.max_concurrent_streams)
             .max_header_list_size(config.max_header_bytes as u32)
             .keep_alive_interval(Some(config.http2_keepalive_interval))
@@ -163,7 +177,7 @@ impl Edge {
             info: Arc::new(ListenerInfo::new(config)),
             tls,
             proxy,
-            builder: Arc::new(builder),
+            servers: Arc::new(Servers { h1, h2 }),
             slots: Arc::new(Semaphore::new(config.max_connections)),
             tls_handshake_timeout: config.tls_handshake_timeout,
         }
@@ -232,45 +246,26 @@ impl Edge {
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "set_nodelay failed");
         }
-        let conn = Arc::new(Conn {
-            proxy: Arc::clone(&self.proxy),
-            client: ClientInfo::new(peer, self.tls.is_some(), Arc::clone(&self.info)),
-            in_progress: AtomicUsize::new(0),
-            idle_waker: AtomicWaker::new(),
-        });
-        let builder = Arc::clone(&self.builder);
+        let conn = Arc::new(Conn::new(
+            Arc::clone(&self.proxy),
+            ClientInfo::new(peer, self.tls.is_some(), Arc::clone(&self.info)),
+        ));
+        let servers = Arc::clone(&self.servers);
         let watch = drain.watch();
-        let tls = self.tls.as_ref().map(|t| t.acceptor.clone());
-        let handshake_timeout = self.tls_handshake_timeout;
+        let tls = self
+            .tls
+            .as_ref()
+            .map(|t| (t.acceptor.clone(), self.tls_handshake_timeout));
         tokio::spawn(async move {
             let _slot = slot;
             let info = Arc::clone(&conn.client.listener);
             let _open = info.counters.open();
-            // `None` when the drain was aborted (drain_timeout expired).
+            // The TLS path is boxed: a plain connection's task holds no room for its state.
             let served = match tls {
-                // Each path is boxed: an idle connection's task then holds only the state of the
-                // path it took, not the TLS handshake's and both servers' side by side.
-                None => Box::pin(serve(&builder, &watch, stream, None, conn)).await,
-                Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(handshake_timeout, Box::pin(acceptor.accept(stream)));
-                    match watch.unless_aborted(handshake).await {
-                        None => None,
-                        Some(Ok(Ok(stream))) => {
-                            let h2 = stream.get_ref().1.alpn_protocol() == Some(b"h2");
-                            Box::pin(serve(&builder, &watch, stream, Some(h2), conn)).await
-                        }
-                        Some(Ok(Err(e))) => {
-                            info.counters.reject(ConnReject::TlsHandshake);
-                            tracing::debug!(listener = %info.name, peer = %peer, error = %e, "TLS handshake failed");
-                            Some(())
-                        }
-                        Some(Err(_)) => {
-                            info.counters.timeout(ClientTimeout::TlsHandshake);
-                            tracing::debug!(listener = %info.name, peer = %peer, "TLS handshake timed out");
-                            Some(())
-                        }
-                    }
+                None => serve(&servers, &watch, stream, None, conn).await,
+                Some((acceptor, timeout)) => {
+                    let tls = serve_tls(&servers, &watch, (stream, peer), acceptor, timeout, conn);
+                    Box::pin(tls).await
                 }
             };
             if served.is_none() {
@@ -280,9 +275,42 @@ impl Edge {
     }
 }
 
-/// Serves HTTP on one connection until it ends; `None` when the drain aborted it.
+/// Serves HTTPS on one connection: the handshake under its deadline, then HTTP. `None` when the
+/// drain aborted it.
+async fn serve_tls(
+    servers: &Servers,
+    watch: &Watch,
+    (stream, peer): (TcpStream, SocketAddr),
+    acceptor: tokio_rustls::TlsAcceptor,
+    timeout: Duration,
+    conn: Arc<Conn>,
+) -> Option<()> {
+    let info = &conn.client.listener;
+    // Boxed: the handshake's state is not kept for the connection's life.
+    let handshake = tokio::time::timeout(timeout, Box::pin(acceptor.accept(stream)));
+    match watch.unless_aborted(handshake).await? {
+        Ok(Ok(stream)) => {
+            // ALPN decides; a client that offered none may still speak HTTP/2 (prior knowledge).
+            let h2 = stream.get_ref().1.alpn_protocol().map(|alpn| alpn == b"h2");
+            serve(servers, watch, stream, h2, conn).await
+        }
+        Ok(Err(e)) => {
+            info.counters.reject(ConnReject::TlsHandshake);
+            tracing::debug!(listener = %info.name, peer = %peer, error = %e, "TLS handshake failed");
+            Some(())
+        }
+        Err(_) => {
+            info.counters.timeout(ClientTimeout::TlsHandshake);
+            tracing::debug!(listener = %info.name, peer = %peer, "TLS handshake timed out");
+            Some(())
+        }
+    }
+}
+
+/// Serves HTTP on one connection until it ends; `None` when the drain aborted it. `h2` is known
+/// from ALPN, or found out here from the first bytes.
 async fn serve<S>(
-    builder: &auto::Builder<TokioExecutor>,
+    servers: &Servers,
     watch: &Watch,
     stream: S,
     h2: Option<bool>,
@@ -292,7 +320,46 @@ where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let info = Arc::clone(&conn.client.listener);
-    let io = TokioIo::new(GuardedIo::new(stream, Arc::clone(&conn), h2));
+    let io = GuardedIo::new(stream, Arc::clone(&conn), h2);
+    let (io, h2) = match h2 {
+        Some(h2) => (io, h2),
+        // Nothing has been asked yet: a drain closes the connection at once.
+        None => match watch.while_serving(io.sniff()).await {
+            Some(Ok(Some(sniffed))) => sniffed,
+            Some(Ok(None)) | None => return Some(()),
+            Some(Err(e)) => {
+                tracing::debug!(listener = %info.name, error = %e, "connection ended before a request");
+                return Some(());
+            }
+        },
+    };
+    let ended = server(servers, watch, io, h2, conn).await?;
+    if let Err(e) = ended {
+        if e.is_parse_too_large() {
+            // hyper has answered 431 already.
+            info.counters.limit(SizeLimit::HeaderBytes);
+        }
+        tracing::debug!(listener = %info.name, error = %e, "connection ended with an error");
+    }
+    Some(())
+}
+
+/// A hyper connection serving [`Conn::proxy`], as [`Watch::serve`] runs it.
+type Server<'a> = Pin<Box<dyn Future<Output = Option<hyper::Result<()>>> + Send + 'a>>;
+
+/// The server for the connection's protocol, on `io`, boxed on its own: an HTTP/1 connection
+/// does not hold room for HTTP/2's state, nor the caller's.
+fn server<'a, S>(
+    servers: &'a Servers,
+    watch: &'a Watch,
+    io: GuardedIo<S>,
+    h2: bool,
+    conn: Arc<Conn>,
+) -> Server<'a>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let io = TokioIo::new(io);
     let service = service_fn(move |req| {
         let request = InProgress::new(Arc::clone(&conn));
         // Boxed per request: hyper keeps the slot for a connection's request future for the
@@ -310,17 +377,13 @@ where
             }))
         })
     });
-    let conn = builder.serve_connection(io, service);
-    if let Err(e) = watch.serve(conn, |c| c.graceful_shutdown()).await? {
-        if e.downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_parse_too_large)
-        {
-            // hyper has answered 431 already.
-            info.counters.limit(SizeLimit::HeaderBytes);
-        }
-        tracing::debug!(listener = %info.name, error = %e, "connection ended with an error");
+    if h2 {
+        let conn = servers.h2.serve_connection(io, service);
+        Box::pin(watch.serve(conn, |c| c.graceful_shutdown()))
+    } else {
+        let conn = servers.h1.serve_connection(io, service);
+        Box::pin(watch.serve(conn, |c| c.graceful_shutdown()))
     }
-    Some(())
 }
 
 /// Errors that concern one connection only, not the listener: retry at once.

@@ -20,7 +20,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -29,7 +29,8 @@ use tokio::time::{Instant, Sleep};
 use crate::edge::Conn;
 use crate::stats::ClientTimeout;
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0";
+/// The whole HTTP/2 connection preface (RFC 9113, section 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const TIMEOUT_408: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\nx-weir-reject: header_timeout\r\n\r\n";
 
@@ -58,13 +59,40 @@ pin_project! {
         // The deadline the timer is set to.
         armed: Option<Instant>,
         // HTTP/2 (from ALPN, or the connection preface): no 408, and frames that arrive while no
-        // stream is open (pings, settings) do not start a head.
+        // stream is open (pings, settings) do not start a head. `None` until known.
         h2: Option<bool>,
+        // The first bytes, read to tell the protocol ([`GuardedIo::sniff`]) and given to the
+        // server before anything else.
+        sniffed: Sniffed,
+    }
+}
+
+/// Bytes read ahead of the server: at most an HTTP/2 connection preface.
+#[derive(Default)]
+struct Sniffed {
+    buf: [u8; H2_PREFACE.len()],
+    // Already handed on.
+    start: u8,
+    end: u8,
+}
+
+impl Sniffed {
+    /// Moves what is left of the bytes read ahead into `buf`; whether there were any.
+    fn replay(&mut self, buf: &mut ReadBuf<'_>) -> bool {
+        let ahead = &self.buf[usize::from(self.start)..usize::from(self.end)];
+        if ahead.is_empty() {
+            return false;
+        }
+        let n = ahead.len().min(buf.remaining());
+        buf.put_slice(&ahead[..n]);
+        // At most the preface's 24 bytes.
+        self.start += n as u8;
+        true
     }
 }
 
 impl<S> GuardedIo<S> {
-    /// `h2` is known for TLS (ALPN) and detected from the first bytes otherwise.
+    /// `h2` is known for TLS (ALPN); otherwise [`GuardedIo::sniff`] finds it out.
     pub fn new(inner: S, conn: Arc<Conn>, h2: Option<bool>) -> GuardedIo<S> {
         let now = Instant::now();
         GuardedIo {
@@ -77,7 +105,76 @@ impl<S> GuardedIo<S> {
             write_stalled: None,
             armed: None,
             h2,
+            sniffed: Sniffed::default(),
         }
+    }
+
+    /// Sets the protocol, once known. HTTP/2 has then spoken: from here on, no open stream
+    /// means idle.
+    fn set_h2(self: Pin<&mut Self>, h2: bool) {
+        let this = self.project();
+        *this.h2 = Some(h2);
+        if h2 && *this.phase == Phase::Head {
+            *this.phase = Phase::Idle;
+            *this.since = Instant::now();
+        }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> GuardedIo<S> {
+    /// Reads the first bytes, under the head deadline, until they tell HTTP/2 (the connection
+    /// preface) from HTTP/1; the server is then given them first. Resolves to the stream and
+    /// whether it is HTTP/2, or `None` when the client closed the connection without a byte.
+    pub fn sniff(self) -> Sniff<S> {
+        Sniff(Some(self))
+    }
+
+    fn poll_sniff(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<bool>>> {
+        loop {
+            // While sniffing, `start == end`: nothing is replayed to the reads below.
+            let mut buf = self.sniffed.buf;
+            let len = usize::from(self.sniffed.end);
+            let mut read = ReadBuf::new(&mut buf[len..]);
+            ready!(Pin::new(&mut *self).poll_read(cx, &mut read))?;
+            let n = read.filled().len();
+            let h2 = match n {
+                0 if len == 0 => return Poll::Ready(Ok(None)),
+                // Cut short: HTTP/1's parser says what is wrong with it.
+                0 => false,
+                _ if buf[..len + n] != H2_PREFACE[..len + n] => false,
+                _ if len + n == H2_PREFACE.len() => true,
+                _ => {
+                    // Part of the preface so far: read on.
+                    self.sniffed.buf = buf;
+                    // At most the preface's 24 bytes.
+                    self.sniffed.end = (len + n) as u8;
+                    self.sniffed.start = self.sniffed.end;
+                    continue;
+                }
+            };
+            self.sniffed = Sniffed {
+                buf,
+                start: 0,
+                end: (len + n) as u8,
+            };
+            Pin::new(self).set_h2(h2);
+            return Poll::Ready(Ok(Some(h2)));
+        }
+    }
+}
+
+/// Finds out a connection's protocol: see [`GuardedIo::sniff`].
+pub struct Sniff<S>(Option<GuardedIo<S>>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Future for Sniff<S> {
+    type Output = io::Result<Option<(GuardedIo<S>, bool)>>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let Some(io) = self.0.as_mut() else {
+            return Poll::Ready(Err(io::Error::other("sniffed already")));
+        };
+        let h2 = ready!(io.poll_sniff(cx))?;
+        Poll::Ready(Ok(h2.and_then(|h2| Some((self.0.take()?, h2)))))
     }
 }
 
@@ -215,6 +312,12 @@ impl<S: AsyncRead + AsyncWrite> AsyncRead for GuardedIo<S> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        // The bytes read ahead come first, and what has arrived since with them in the same read,
+        // so the server takes a whole head at once and sizes its buffer as for any other read.
+        let replayed = self.as_mut().project().sniffed.replay(buf);
+        if replayed && buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
         // The previous response may have finished since the last read: bytes arriving now belong
         // to the next request, whose head must be timed.
@@ -224,15 +327,15 @@ impl<S: AsyncRead + AsyncWrite> AsyncRead for GuardedIo<S> {
             Poll::Ready(Ok(())) => {
                 let data = &buf.filled()[before..];
                 if !data.is_empty() {
-                    let h2 = *this.h2.get_or_insert_with(|| data.starts_with(H2_PREFACE));
-                    match (*this.phase, h2) {
-                        // The first byte of a keep-alive request: its head is now on the clock.
-                        (Phase::Idle, false) => {
+                    match (*this.phase, *this.h2) {
+                        // The first byte of a keep-alive HTTP/1 request: its head is now on the
+                        // clock.
+                        (Phase::Idle, Some(false)) => {
                             *this.phase = Phase::Head;
                             *this.since = Instant::now();
                         }
-                        // HTTP/2 has spoken: from here on, no open stream means idle.
-                        (Phase::Head, true) => {
+                        // HTTP/2 (from ALPN) has spoken: from here on, no open stream means idle.
+                        (Phase::Head, Some(true)) => {
                             *this.phase = Phase::Idle;
                             *this.since = Instant::now();
                         }
@@ -242,6 +345,8 @@ impl<S: AsyncRead + AsyncWrite> AsyncRead for GuardedIo<S> {
                 }
                 Poll::Ready(Ok(()))
             }
+            // The error comes again on the next read.
+            Poll::Ready(Err(_)) | Poll::Pending if replayed => Poll::Ready(Ok(())),
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => match self.as_mut().check(cx) {
                 None => Poll::Pending,
@@ -281,5 +386,84 @@ impl<S: AsyncRead + AsyncWrite> AsyncWrite for GuardedIo<S> {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().inner.poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::FutureExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use crate::config::Config;
+    use crate::forward::ClientInfo;
+    use crate::proxy::Proxy;
+    use crate::stats::ListenerInfo;
+
+    /// A connection's state, and the client's end of a stream whose other end is guarded.
+    fn guarded() -> (Arc<Conn>, DuplexStream, GuardedIo<DuplexStream>) {
+        let config = Config::from_toml_str(
+            "[[listener]]\nname = \"l\"\naddr = \"127.0.0.1:0\"\nheader_timeout = \"2s\"\n\
+             [[upstream]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let info = Arc::new(ListenerInfo::new(&config.listeners[0]));
+        let conn = Arc::new(Conn::new(
+            Arc::new(Proxy::new(&config, None)),
+            ClientInfo::new(([127, 0, 0, 1], 9).into(), false, info),
+        ));
+        let (client, server) = tokio::io::duplex(1024);
+        let io = GuardedIo::new(server, Arc::clone(&conn), None);
+        (conn, client, io)
+    }
+
+    #[tokio::test]
+    async fn a_preface_in_pieces_is_http2_and_is_read_again_whole() {
+        let (_conn, mut client, io) = guarded();
+        let mut sniff = io.sniff();
+        client.write_all(&H2_PREFACE[..5]).await.unwrap();
+        assert!((&mut sniff).now_or_never().is_none(), "5 bytes cannot tell");
+        client.write_all(&H2_PREFACE[5..]).await.unwrap();
+        client.write_all(b"frames").await.unwrap();
+        let (mut io, h2) = sniff.await.unwrap().unwrap();
+        assert!(h2);
+        // The preface first, and what came after it in the same read.
+        let mut buf = [0u8; 64];
+        let n = io.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nframes");
+    }
+
+    #[tokio::test]
+    async fn anything_else_is_http1_from_its_first_differing_byte() {
+        let (_conn, mut client, io) = guarded();
+        // Shares its first byte with the preface.
+        client.write_all(b"POST / HTTP/1.1\r\n").await.unwrap();
+        let (mut io, h2) = io.sniff().await.unwrap().unwrap();
+        assert!(!h2);
+        client.write_all(b"host: a\r\n\r\n").await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut buf = [0u8; 64];
+            let n = io.read(&mut buf).await.unwrap();
+            head.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(head, b"POST / HTTP/1.1\r\nhost: a\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_closes_at_once_has_no_protocol() {
+        let (_conn, client, io) = guarded();
+        drop(client);
+        assert!(io.sniff().await.unwrap().is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn part_of_a_preface_then_silence_is_a_slow_head() {
+        let (conn, mut client, io) = guarded();
+        client.write_all(b"PRI * HTTP").await.unwrap();
+        let err = io.sniff().await.err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        let counters = &conn.client.listener.counters;
+        assert_eq!(counters.timeouts(ClientTimeout::Header), 1);
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use weir::Options;
 
 use support::*;
 
@@ -21,13 +22,18 @@ async fn read_response(stream: &mut TcpStream) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_finishes_in_flight_and_queued_requests_and_refuses_new_connections() {
     let backend = spawn_backend().await;
-    let mut weir = spawn_weir(&format!(
-        "drain_timeout = \"60s\"\n{}",
-        upstream_toml(
-            backend.addr,
-            "max_concurrency = 1\nmax_queue = 4\nqueue_timeout = \"60s\""
-        )
-    ))
+    let mut weir = spawn_weir_on(
+        &format!(
+            "drain_timeout = \"60s\"\n{}",
+            upstream_toml(
+                backend.addr,
+                "max_concurrency = 1\nmax_queue = 4\nqueue_timeout = \"60s\""
+            )
+        ),
+        // Longer than the test's patience: only the drain can close the silent connection.
+        "header_timeout = \"60s\"\nidle_timeout = \"60s\"",
+        Options::default(),
+    )
     .await;
     let addr = weir.addr;
 
@@ -37,6 +43,13 @@ async fn drain_finishes_in_flight_and_queued_requests_and_refuses_new_connection
         .await
         .unwrap();
     assert!(read_response(&mut idle).await.starts_with("HTTP/1.1 200"));
+    // A connection that has not sent a byte yet.
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let info = weir.listener();
+    until("the silent connection accepted", || {
+        info.counters.active() == 2
+    })
+    .await;
 
     let client = client();
     let in_flight = tokio::spawn({
@@ -56,6 +69,13 @@ async fn drain_finishes_in_flight_and_queued_requests_and_refuses_new_connection
     // The idle connection is closed by weir (EOF), without waiting for the busy ones.
     let mut rest = Vec::new();
     let n = within("the idle connection to close", idle.read_to_end(&mut rest)).await;
+    assert!(n.is_ok(), "{n:?}");
+    assert!(rest.is_empty());
+    let n = within(
+        "the silent connection to close",
+        silent.read_to_end(&mut rest),
+    )
+    .await;
     assert!(n.is_ok(), "{n:?}");
     assert!(rest.is_empty());
 

@@ -151,6 +151,25 @@ async fn alpn_selects_h2_or_http11_and_every_key_format_serves() {
         assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
         let mut sender = h1(stream).await;
         assert_eq!(h1_get(&mut sender, "/").await.0, StatusCode::OK);
+
+        // No ALPN at all: the first bytes tell, HTTP/2 by prior knowledge or HTTP/1.1.
+        let stream = connect(&weir, client_config(&[], false)).await.unwrap();
+        assert_eq!(stream.get_ref().1.alpn_protocol(), None);
+        let (mut sender, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        let req = Request::get("https://localhost/")
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let resp = within("an h2 response without ALPN", sender.send_request(req))
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK, "{cert}");
+        let stream = connect(&weir, client_config(&[], false)).await.unwrap();
+        let mut sender = h1(stream).await;
+        assert_eq!(h1_get(&mut sender, "/").await.0, StatusCode::OK);
     }
 }
 
