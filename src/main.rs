@@ -78,7 +78,10 @@ fn main() -> ExitCode {
     // Held until exit: dropping it flushes the log lines still queued.
     let _log = init_logging(&config.log);
 
-    let runtime = match runtime() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("weir: cannot start the runtime: {e}");
@@ -114,26 +117,6 @@ fn main() -> ExitCode {
             Ok(()) = signals.second => ExitCode::from(1),
         }
     })
-}
-
-/// One worker thread per core weir may use (CPU affinity and cgroup CPU quotas count). With a
-/// single core, as a sidecar often has, tokio's current-thread scheduler: the work-stealing
-/// scheduler's bookkeeping only pays with several workers.
-fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let (mut builder, scheduler) = if cores == 1 {
-        (
-            tokio::runtime::Builder::new_current_thread(),
-            "current-thread",
-        )
-    } else {
-        let mut builder = tokio::runtime::Builder::new_multi_thread();
-        builder.worker_threads(cores);
-        (builder, "multi-thread")
-    };
-    let runtime = builder.enable_all().build()?;
-    tracing::info!(cores, scheduler, "runtime started");
-    Ok(runtime)
 }
 
 /// Logs to stdout through a background writer, so that no request waits on the terminal or the

@@ -133,8 +133,6 @@ struct Running {
     addr: String,
     admin: String,
     config: tempfile_path::Path,
-    /// The log lines before the start line.
-    before_start: Vec<String>,
 }
 
 /// Starts the binary on 127.0.0.1:0 and reads the bound address from its start line.
@@ -171,13 +169,8 @@ async fn start_weir_with(
 }
 
 async fn start_weir_text(text: &str) -> Running {
-    start_weir_command(text, tokio::process::Command::new(WEIR)).await
-}
-
-/// Starts `command` (the binary, or a program that runs it) with `--config` and the text.
-async fn start_weir_command(text: &str, mut command: tokio::process::Command) -> Running {
     let config = write_config(text);
-    let mut child = command
+    let mut child = tokio::process::Command::new(WEIR)
         .arg("--config")
         .arg(&config.0)
         .env("RUST_LOG", "info")
@@ -196,7 +189,6 @@ async fn start_weir_command(text: &str, mut command: tokio::process::Command) ->
                 .to_string()
         })
     };
-    let mut before_start = Vec::new();
     let (addr, admin) = loop {
         let line = within("the start line", lines.next_line())
             .await
@@ -207,7 +199,6 @@ async fn start_weir_command(text: &str, mut command: tokio::process::Command) ->
         if let (Some(addr), Some(admin)) = (word_after(&line, "edge="), admin) {
             break (addr, admin);
         }
-        before_start.push(line);
     };
     Running {
         child,
@@ -215,7 +206,6 @@ async fn start_weir_command(text: &str, mut command: tokio::process::Command) ->
         addr,
         admin,
         config,
-        before_start,
     }
 }
 
@@ -251,38 +241,6 @@ async fn sigterm_drains_and_exits_0() {
         async move { get(&c, &url).await.0 }
     });
     backend.stats.wait_seen(1).await;
-    signal(&weir.child, "TERM");
-    wait_for_line(&mut weir, "draining").await;
-    backend.stats.open_gate(1);
-    assert_eq!(in_flight.await.unwrap(), StatusCode::OK);
-    wait_for_line(&mut weir, "weir stopped").await;
-    let status = within("weir to exit", weir.child.wait()).await.unwrap();
-    assert_eq!(status.code(), Some(0));
-}
-
-#[tokio::test]
-async fn on_one_core_the_current_thread_scheduler_serves_and_drains() {
-    let backend = spawn_backend().await;
-    // taskset (util-linux) is part of every Debian system.
-    let mut pinned = tokio::process::Command::new("taskset");
-    pinned.args(["-c", "0", WEIR]);
-    let text = config_text("drain_timeout = \"30s\"", "", "", backend.addr);
-    let mut weir = start_weir_command(&text, pinned).await;
-    assert!(
-        weir.before_start
-            .iter()
-            .any(|l| l.contains("runtime started") && l.contains("current-thread")),
-        "{:?}",
-        weir.before_start
-    );
-    let client = client();
-    let (status, _, _) = get(&client, &format!("http://{}/", weir.addr)).await;
-    assert_eq!(status, StatusCode::OK);
-    let in_flight = tokio::spawn({
-        let (c, url) = (client.clone(), format!("http://{}/gate", weir.addr));
-        async move { get(&c, &url).await.0 }
-    });
-    backend.stats.wait_seen(2).await;
     signal(&weir.child, "TERM");
     wait_for_line(&mut weir, "draining").await;
     backend.stats.open_gate(1);
