@@ -10,6 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
@@ -89,9 +90,14 @@ async fn h1_get(
         .header("host", "localhost")
         .body(Full::default())
         .unwrap();
-    let resp = within("a response", sender.send_request(req))
-        .await
-        .unwrap();
+    answer(sender.send_request(req)).await
+}
+
+/// Waits for a response and reads its body.
+async fn answer(
+    response: impl std::future::Future<Output = hyper::Result<http::Response<Incoming>>>,
+) -> (StatusCode, Bytes) {
+    let resp = within("a response", response).await.unwrap();
     let status = resp.status();
     (status, resp.into_body().collect().await.unwrap().to_bytes())
 }
@@ -102,6 +108,19 @@ async fn h1(stream: TlsStream<TcpStream>) -> hyper::client::conn::http1::SendReq
         .unwrap();
     tokio::spawn(conn);
     sender
+}
+
+/// Sends GET `path` over a new HTTP/2 connection on `stream`.
+async fn h2_get(stream: TlsStream<TcpStream>, path: &str) -> (StatusCode, Bytes) {
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::get(format!("https://localhost{path}"))
+        .body(Full::<Bytes>::default())
+        .unwrap();
+    answer(sender.send_request(req)).await
 }
 
 #[tokio::test]
@@ -128,19 +147,8 @@ async fn alpn_selects_h2_or_http11_and_every_key_format_serves() {
             Some(&b"h2"[..]),
             "{cert}"
         );
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let req = Request::get("https://localhost/headers")
-            .body(Full::<Bytes>::default())
-            .unwrap();
-        let resp = within("an h2 response", sender.send_request(req))
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK);
-        let seen = resp.into_body().collect().await.unwrap().to_bytes();
+        let (status, seen) = h2_get(stream, "/headers").await;
+        assert_eq!(status, StatusCode::OK);
         let seen = String::from_utf8_lossy(&seen);
         assert!(seen.contains("x-forwarded-proto: https"), "{seen}");
 
@@ -155,18 +163,7 @@ async fn alpn_selects_h2_or_http11_and_every_key_format_serves() {
         // No ALPN at all: the first bytes tell, HTTP/2 by prior knowledge or HTTP/1.1.
         let stream = connect(&weir, client_config(&[], false)).await.unwrap();
         assert_eq!(stream.get_ref().1.alpn_protocol(), None);
-        let (mut sender, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                .await
-                .unwrap();
-        tokio::spawn(conn);
-        let req = Request::get("https://localhost/")
-            .body(Full::<Bytes>::default())
-            .unwrap();
-        let resp = within("an h2 response without ALPN", sender.send_request(req))
-            .await
-            .unwrap();
-        assert_eq!(resp.status(), StatusCode::OK, "{cert}");
+        assert_eq!(h2_get(stream, "/").await.0, StatusCode::OK, "{cert}");
         let stream = connect(&weir, client_config(&[], false)).await.unwrap();
         let mut sender = h1(stream).await;
         assert_eq!(h1_get(&mut sender, "/").await.0, StatusCode::OK);
