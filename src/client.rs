@@ -209,11 +209,7 @@ impl Client {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| self.shared.handshake_error(source))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "backend connection ended with an error");
-            }
-        });
+        drive(conn);
         self.start_reaper();
         Ok(tx)
     }
@@ -233,11 +229,7 @@ impl Client {
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|source| self.shared.handshake_error(source))?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "backend h2 connection ended with an error");
-            }
-        });
+        drive(conn);
         *lock(&self.shared.h2) = Some(tx.clone());
         Ok(tx)
     }
@@ -267,6 +259,18 @@ impl Client {
             .filter(|c| !c.tx.is_closed())
             .count()
     }
+}
+
+/// Runs a backend connection (HTTP/1.1 or h2c) on a task of its own until it ends.
+fn drive<C>(conn: C)
+where
+    C: std::future::Future<Output = hyper::Result<()>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "backend connection ended with an error");
+        }
+    });
 }
 
 impl Shared {

@@ -235,16 +235,12 @@ async fn sigterm_drains_and_exits_0() {
     let backend = spawn_backend().await;
     let mut weir = start_weir(backend.addr, "30s").await;
     let client = client();
-    let url = format!("http://{}/gate", weir.addr);
-    let in_flight = tokio::spawn({
-        let c = client.clone();
-        async move { get(&c, &url).await.0 }
-    });
+    let in_flight = spawn_get(&client, format!("http://{}/gate", weir.addr));
     backend.stats.wait_seen(1).await;
     signal(&weir.child, "TERM");
     wait_for_line(&mut weir, "draining").await;
     backend.stats.open_gate(1);
-    assert_eq!(in_flight.await.unwrap(), StatusCode::OK);
+    assert_eq!(in_flight.await.unwrap().0, StatusCode::OK);
     wait_for_line(&mut weir, "weir stopped").await;
     let status = within("weir to exit", weir.child.wait()).await.unwrap();
     assert_eq!(status.code(), Some(0));
@@ -377,15 +373,12 @@ async fn the_access_log_writes_one_json_line_per_request() {
     ))
     .await;
     let c = client();
-    let held = tokio::spawn({
-        let (c, url) = (c.clone(), format!("http://{}/gate", weir.addr));
-        async move { get(&c, &url).await.0 }
-    });
+    let held = spawn_get(&c, format!("http://{}/gate", weir.addr));
     backend.stats.wait_seen(1).await;
     let (status, _, _) = get(&c, &format!("http://{}/turned-away?secret=1", weir.addr)).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     backend.stats.open_gate(1);
-    assert_eq!(held.await.unwrap(), StatusCode::OK);
+    assert_eq!(held.await.unwrap().0, StatusCode::OK);
 
     let mut access = Vec::new();
     while access.len() < 2 {

@@ -23,14 +23,11 @@ async fn burst_of_200_never_exceeds_the_limit() {
     ))
     .await;
     let client = client();
-    let mut tasks = Vec::new();
-    for _ in 0..200 {
-        let client = client.clone();
-        let url = weir.url("/sleep/5");
-        tasks.push(tokio::spawn(async move { get(&client, &url).await.0 }));
-    }
+    let tasks: Vec<_> = (0..200)
+        .map(|_| spawn_get(&client, weir.url("/sleep/5")))
+        .collect();
     for t in tasks {
-        assert_eq!(t.await.unwrap(), StatusCode::OK);
+        assert_eq!(t.await.unwrap().0, StatusCode::OK);
     }
     assert_eq!(backend.stats.seen(), 200);
     assert_eq!(
@@ -51,12 +48,9 @@ async fn burst_of_1000_at_ten_times_capacity_gets_1000_answers() {
     ))
     .await;
     let client = client();
-    let mut tasks = Vec::new();
-    for _ in 0..1000 {
-        let client = client.clone();
-        let url = weir.url("/sleep/20");
-        tasks.push(tokio::spawn(async move { get(&client, &url).await }));
-    }
+    let tasks: Vec<_> = (0..1000)
+        .map(|_| spawn_get(&client, weir.url("/sleep/20")))
+        .collect();
     let (mut ok, mut shed) = (0, 0);
     for t in tasks {
         let (status, headers, _) = t.await.unwrap();
@@ -89,17 +83,9 @@ async fn full_queue_answers_503_at_once_without_touching_the_backend() {
     ))
     .await;
     let client = client();
-    let c = client.clone();
-    let holder = tokio::spawn({
-        let url = weir.url("/gate");
-        async move { get(&c, &url).await.0 }
-    });
+    let holder = spawn_get(&client, weir.url("/gate"));
     backend.stats.wait_seen(1).await;
-    let c = client.clone();
-    let queued = tokio::spawn({
-        let url = weir.url("/gate");
-        async move { get(&c, &url).await.0 }
-    });
+    let queued = spawn_get(&client, weir.url("/gate"));
     let pool = weir.upstream("app").pool();
     until("one request queued", || pool.queue_depth() == 1).await;
 
@@ -114,8 +100,8 @@ async fn full_queue_answers_503_at_once_without_touching_the_backend() {
     assert_eq!(pool.counters().rejected(Reason::QueueFull), 1);
 
     backend.stats.open_gate(2);
-    assert_eq!(holder.await.unwrap(), StatusCode::OK);
-    assert_eq!(queued.await.unwrap(), StatusCode::OK);
+    assert_eq!(holder.await.unwrap().0, StatusCode::OK);
+    assert_eq!(queued.await.unwrap().0, StatusCode::OK);
     until("idle pool", || pool.in_flight() == 0).await;
 }
 
@@ -128,9 +114,7 @@ async fn queue_timeout_answers_503() {
     ))
     .await;
     let client = client();
-    let c = client.clone();
-    let url = weir.url("/gate");
-    let holder = tokio::spawn(async move { get(&c, &url).await.0 });
+    let holder = spawn_get(&client, weir.url("/gate"));
     backend.stats.wait_seen(1).await;
 
     let (status, headers, _) = get(&client, &weir.url("/gate")).await;
@@ -147,7 +131,7 @@ async fn queue_timeout_answers_503() {
     );
 
     backend.stats.open_gate(1);
-    assert_eq!(holder.await.unwrap(), StatusCode::OK);
+    assert_eq!(holder.await.unwrap().0, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -159,9 +143,7 @@ async fn client_that_leaves_the_queue_never_reaches_the_backend() {
     ))
     .await;
     let client = client();
-    let c = client.clone();
-    let url = weir.url("/gate");
-    let holder = tokio::spawn(async move { get(&c, &url).await.0 });
+    let holder = spawn_get(&client, weir.url("/gate"));
     backend.stats.wait_seen(1).await;
 
     let mut raw = TcpStream::connect(weir.addr).await.unwrap();
@@ -175,7 +157,7 @@ async fn client_that_leaves_the_queue_never_reaches_the_backend() {
     assert_eq!(pool.counters().rejected(Reason::ClientGone), 1);
 
     backend.stats.open_gate(2);
-    assert_eq!(holder.await.unwrap(), StatusCode::OK);
+    assert_eq!(holder.await.unwrap().0, StatusCode::OK);
     // A request after it goes through, and the one that left was never forwarded.
     assert_eq!(get(&client, &weir.url("/")).await.0, StatusCode::OK);
     assert_eq!(backend.stats.seen(), 2);

@@ -29,12 +29,7 @@ async fn metrics_follow_a_burst_and_count_every_503_by_reason() {
 
     // 2 reach the (gated) backend, 4 wait in the queue, and the 6 after them are turned away.
     let c = client();
-    let admitted: Vec<_> = (0..6)
-        .map(|_| {
-            let (c, url) = (c.clone(), weir.url("/gate"));
-            tokio::spawn(async move { get(&c, &url).await.0 })
-        })
-        .collect();
+    let admitted: Vec<_> = (0..6).map(|_| spawn_get(&c, weir.url("/gate"))).collect();
     backend.stats.wait_seen(2).await;
     let pool = weir.upstream("app").pool();
     until("4 requests queued", || pool.queue_depth() == 4).await;
@@ -60,7 +55,7 @@ async fn metrics_follow_a_burst_and_count_every_503_by_reason() {
 
     backend.stats.open_gate(6);
     for r in admitted {
-        assert_eq!(r.await.unwrap(), StatusCode::OK);
+        assert_eq!(r.await.unwrap().0, StatusCode::OK);
     }
     until("the last slot freed", || pool.in_flight() == 0).await;
     // A request is recorded when hyper drops its finished response body, just after the client
@@ -105,10 +100,7 @@ async fn queue_timeouts_are_counted_under_their_own_reason() {
     ))
     .await;
     let c = client();
-    let held = tokio::spawn({
-        let (c, url) = (c.clone(), weir.url("/gate"));
-        async move { get(&c, &url).await.0 }
-    });
+    let held = spawn_get(&c, weir.url("/gate"));
     backend.stats.wait_seen(1).await;
     let mut timed_out = 0;
     for _ in 0..3 {
@@ -127,7 +119,7 @@ async fn queue_timeouts_are_counted_under_their_own_reason() {
     assert_eq!(reason("queue_timeout"), timed_out as f64);
     assert_eq!(reason("queue_full"), 0.0);
     backend.stats.open_gate(1);
-    assert_eq!(held.await.unwrap(), StatusCode::OK);
+    assert_eq!(held.await.unwrap().0, StatusCode::OK);
 }
 
 #[tokio::test]
@@ -193,12 +185,7 @@ async fn reload_changes_a_limit_under_load_without_a_failed_request() {
         weir.reloader.apply(config).unwrap()
     };
     let c = client();
-    let requests: Vec<_> = (0..10)
-        .map(|_| {
-            let (c, url) = (c.clone(), weir.url("/gate"));
-            tokio::spawn(async move { get(&c, &url).await.0 })
-        })
-        .collect();
+    let requests: Vec<_> = (0..10).map(|_| spawn_get(&c, weir.url("/gate"))).collect();
     let pool = weir.upstream("app").pool();
     backend.stats.wait_seen(2).await;
     until("8 requests queued", || pool.queue_depth() == 8).await;
@@ -226,7 +213,7 @@ async fn reload_changes_a_limit_under_load_without_a_failed_request() {
     }
     backend.stats.open_gate(1);
     for r in requests {
-        assert_eq!(r.await.unwrap(), StatusCode::OK);
+        assert_eq!(r.await.unwrap().0, StatusCode::OK);
     }
     assert_eq!(backend.stats.cancelled(), 0);
 

@@ -52,15 +52,9 @@ async fn drain_finishes_in_flight_and_queued_requests_and_refuses_new_connection
     .await;
 
     let client = client();
-    let in_flight = tokio::spawn({
-        let (c, url) = (client.clone(), weir.url("/gate"));
-        async move { get(&c, &url).await }
-    });
+    let in_flight = spawn_get(&client, weir.url("/gate"));
     backend.stats.wait_seen(2).await;
-    let queued = tokio::spawn({
-        let (c, url) = (client.clone(), weir.url("/gate"));
-        async move { get(&c, &url).await }
-    });
+    let queued = spawn_get(&client, weir.url("/gate"));
     let pool = weir.upstream("app").pool();
     until("a queued request", || pool.queue_depth() == 1).await;
 

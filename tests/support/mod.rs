@@ -80,6 +80,17 @@ impl Default for BackendStats {
     }
 }
 
+/// Waits until `count` reaches `n`.
+async fn at_least(count: &watch::Sender<usize>, n: usize, what: &str) {
+    let mut rx = count.subscribe();
+    within(
+        &format!("backend to see {n} {what}"),
+        rx.wait_for(|v| *v >= n),
+    )
+    .await
+    .ok();
+}
+
 impl BackendStats {
     pub fn seen(&self) -> usize {
         *self.seen.borrow()
@@ -94,34 +105,16 @@ impl BackendStats {
         self.current.load(Ordering::SeqCst)
     }
     pub async fn wait_seen(&self, n: usize) {
-        let mut rx = self.seen.subscribe();
-        within(
-            &format!("backend to see {n} requests"),
-            rx.wait_for(|v| *v >= n),
-        )
-        .await
-        .ok();
+        at_least(&self.seen, n, "requests").await;
     }
     pub async fn wait_cancelled(&self, n: usize) {
-        let mut rx = self.cancelled.subscribe();
-        within(
-            &format!("backend to see {n} cancellations"),
-            rx.wait_for(|v| *v >= n),
-        )
-        .await
-        .ok();
+        at_least(&self.cancelled, n, "cancellations").await;
     }
     pub fn opened(&self) -> usize {
         *self.opened.borrow()
     }
     pub async fn wait_closed(&self, n: usize) {
-        let mut rx = self.closed.subscribe();
-        within(
-            &format!("backend to see {n} connections closed"),
-            rx.wait_for(|v| *v >= n),
-        )
-        .await
-        .ok();
+        at_least(&self.closed, n, "connections closed").await;
     }
     /// Lets `n` waiting `/gate` requests answer.
     pub fn open_gate(&self, n: usize) {
@@ -415,6 +408,15 @@ pub async fn get(
 ) -> (StatusCode, HeaderMap, Bytes) {
     let req = Request::get(url).body(Full::default()).unwrap();
     send(client, req).await
+}
+
+/// A GET sent in the background; its answer comes with the handle.
+pub fn spawn_get(
+    client: &Client<HttpConnector, Full<Bytes>>,
+    url: String,
+) -> tokio::task::JoinHandle<(StatusCode, HeaderMap, Bytes)> {
+    let client = client.clone();
+    tokio::spawn(async move { get(&client, &url).await })
 }
 
 pub async fn send(
