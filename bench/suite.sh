@@ -182,6 +182,7 @@ done
 half=$(awk -v r="${RPS[haproxy]}" 'BEGIN { printf "%d", r / 2 }')
 echo "A: open loop at half of HAProxy's maximum: $half requests/s"
 for t in direct weir nginx haproxy; do
+    $LG "$OPENLOOP_BIN" "http://${ADDR[$t]}/" "$half" 2 >/dev/null   # warm-up
     line=$($LG "$OPENLOOP_BIN" "http://${ADDR[$t]}/" "$half" "$SECONDS_PER_RUN")
     record "{\"scenario\":\"A-fixed\",\"target\":\"$t\",\"result\":$line}"
     printf '  %-8s %s\n' "$t" "$line"
@@ -194,6 +195,9 @@ cap=$($LG wrk -t1 -c16 -d"${SECONDS_PER_RUN}s" "http://$BACKEND/work" | awk '/Re
 record "{\"scenario\":\"B-capacity\",\"target\":\"direct\",\"rps\":$cap}"
 echo "  measured capacity: $cap req/s"
 for t in direct weir nginx haproxy; do
+    # Warm-up for the limiters (their backend connections open). Not direct: the backend would
+    # still be working through the warm-up's queue when the measurement starts.
+    [ "$t" = direct ] || $LG "$OPENLOOP_BIN" "http://${ADDR[$t]}/work" 4000 2 >/dev/null
     line=$($LG "$OPENLOOP_BIN" "http://${ADDR[$t]}/work" 4000 "$SECONDS_PER_RUN")
     record "{\"scenario\":\"B\",\"target\":\"$t\",\"result\":$line}"
     printf '  %-8s %s\n' "$t" "$line"
