@@ -17,7 +17,8 @@ use tokio::time::Sleep;
 
 use crate::admission::Permit;
 use crate::buffer::{BufferFull, BufferPool, Reservation};
-use crate::client::Lease;
+use crate::client::BackendBody;
+use crate::error::BoxError;
 use crate::error::{Reason, UpstreamErrorKind};
 use crate::stats::{ClientTimeout, ListenerInfo, SizeLimit};
 use std::collections::VecDeque;
@@ -31,7 +32,7 @@ pub enum BodyError {
     #[error("request_timeout fired while the response was streaming")]
     Deadline,
     #[error("the upstream response body failed")]
-    Upstream(#[source] hyper::Error),
+    Upstream(#[source] BoxError),
 }
 
 pub enum ResponseBody {
@@ -54,19 +55,18 @@ pin_project! {
         prefix: VecDeque<Frame<Bytes>>,
         reservation: Reservation,
         #[pin]
-        inner: Incoming,
+        inner: BackendBody,
         #[pin]
         deadline: Sleep,
         exchange: Option<Exchange>,
     }
 }
 
-/// The backend exchange behind a streaming body: owns the backend connection and the slot, and
-/// counts how it ended. The connection is declared first so that it is back in the pool before
-/// the slot is freed.
+/// The backend exchange behind a streaming body: holds the slot, and counts how it ended. (The
+/// backend connection is the body's: an HTTP/1.1 one goes back to the pool as the body reads its
+/// end, before the slot is freed.)
 #[derive(Debug)]
 pub struct Exchange {
-    lease: Lease,
     permit: Permit,
     /// Set once the exchange ended on its own (complete, or counted as an error), so that `Drop`
     /// can tell a client that went away mid-response from a normal finish.
@@ -81,18 +81,12 @@ impl ResponseBody {
     }
 
     /// Streams `inner` under `deadline`, holding `permit` until the backend is done.
-    pub fn upstream(
-        inner: Incoming,
-        permit: Permit,
-        lease: Lease,
-        deadline: Sleep,
-    ) -> ResponseBody {
+    pub fn upstream(inner: BackendBody, permit: Permit, deadline: Sleep) -> ResponseBody {
         Self::upstream_after(
             VecDeque::new(),
             Reservation::default(),
             inner,
             permit,
-            lease,
             deadline,
         )
     }
@@ -101,20 +95,17 @@ impl ResponseBody {
     pub fn upstream_after(
         prefix: VecDeque<Frame<Bytes>>,
         reservation: Reservation,
-        inner: Incoming,
+        inner: BackendBody,
         permit: Permit,
-        lease: Lease,
         deadline: Sleep,
     ) -> ResponseBody {
         // A body that is already complete (204, 304, HEAD, Content-Length: 0) may never be polled:
-        // free the connection and the slot now.
+        // free the slot now (its connection is already back in the pool).
         let exchange = if inner.is_end_stream() {
-            lease.reuse();
             drop(permit);
             None
         } else {
             Some(Exchange {
-                lease,
                 permit,
                 ended: false,
             })
@@ -142,9 +133,8 @@ impl Exchange {
     fn end(slot: &mut Option<Exchange>, kind: Option<UpstreamErrorKind>) {
         if let Some(mut ex) = slot.take() {
             ex.ended = true;
-            match kind {
-                Some(kind) => ex.permit.counters().upstream_error(kind),
-                None => ex.lease.set_reusable(),
+            if let Some(kind) = kind {
+                ex.permit.counters().upstream_error(kind);
             }
         }
     }

@@ -1,26 +1,31 @@
 //! weir's client to one backend: keep-alive connections it opens itself, pooled per upstream.
 //!
 //! HTTP/1.1 connections wait in a small LIFO stack of idle ones (the most recently used first,
-//! so a quiet period lets the oldest expire). A request takes one out, and its [`Lease`] puts it
-//! back when the response body has been read to the end; a response cut off or abandoned drops
-//! the connection instead, since its stream is no longer in a known state. h2c upstreams share one
-//! multiplexed connection. Each connection is driven by its own task, as hyper requires; the
-//! request path itself takes one short per-upstream lock to pop or push a connection, and does no
-//! hashing, no key comparison and no extra task spawn per request.
+//! so a quiet period lets the oldest expire). A request takes one out and drives it from its own
+//! task ([`crate::h1`]); the response body puts it back when it has been read to the end, and a
+//! response cut off or abandoned drops the connection instead, since its stream is no longer in a
+//! known state. h2c upstreams share one multiplexed connection, driven by a task of its own as
+//! hyper requires. The request path takes one short per-upstream lock to pop or push a
+//! connection, and does no hashing, no key comparison and no task spawn per request.
 
-use std::sync::{Arc, Mutex, Weak};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::uri::Authority;
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use http_body::{Body, Frame, SizeHint};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::body::RequestBody;
 use crate::config::Protocol;
+use crate::error::BoxError;
+use crate::h1;
 use crate::lock;
 
 /// Why a request never got a response head from the backend.
@@ -42,12 +47,49 @@ pub enum ClientError {
     },
     #[error("exchange with the backend failed: {0}")]
     Exchange(#[source] hyper::Error),
+    #[error("exchange with the backend failed: {0}")]
+    H1(#[source] h1::Error),
 }
 
 impl ClientError {
     /// The backend could not be reached at all (as opposed to failing mid-exchange).
     pub fn is_connect(&self) -> bool {
-        !matches!(self, ClientError::Exchange(_))
+        !matches!(self, ClientError::Exchange(_) | ClientError::H1(_))
+    }
+}
+
+/// A backend's response body, over either protocol.
+pub enum BackendBody {
+    H1(h1::Body),
+    H2(hyper::body::Incoming),
+}
+
+impl Body for BackendBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            BackendBody::H1(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            BackendBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            BackendBody::H1(b) => b.is_end_stream(),
+            BackendBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            BackendBody::H1(b) => b.size_hint(),
+            BackendBody::H2(b) => b.size_hint(),
+        }
     }
 }
 
@@ -67,7 +109,7 @@ pub struct Client {
     shared: Arc<Shared>,
 }
 
-struct Shared {
+pub struct Shared {
     settings: ClientSettings,
     /// HTTP/1.1: idle connections, the most recently used last.
     idle: Mutex<Vec<Idle>>,
@@ -80,16 +122,8 @@ struct Shared {
 }
 
 struct Idle {
-    tx: http1::SendRequest<RequestBody>,
+    conn: h1::Conn,
     since: Instant,
-}
-
-/// An HTTP/1.1 connection lent to one request. Dropped after [`Lease::reusable`], it goes back to
-/// the pool (if the pool has room); dropped otherwise, it is closed.
-#[derive(Debug, Default)]
-pub struct Lease {
-    inner: Option<(http1::SendRequest<RequestBody>, Weak<Shared>)>,
-    reusable: bool,
 }
 
 impl std::fmt::Debug for Shared {
@@ -97,34 +131,6 @@ impl std::fmt::Debug for Shared {
         f.debug_struct("Shared")
             .field("settings", &self.settings)
             .finish_non_exhaustive()
-    }
-}
-
-impl Lease {
-    /// The response was read to its end: the connection can carry another request, and goes
-    /// back to the pool when the lease is dropped.
-    pub fn set_reusable(&mut self) {
-        self.reusable = true;
-    }
-
-    /// The response was read to its end: the connection goes back to the pool now (before the
-    /// caller frees the request's slot, so that the request it admits next finds it there).
-    pub fn reuse(mut self) {
-        self.set_reusable();
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        let Some((tx, pool)) = self.inner.take() else {
-            return;
-        };
-        if !self.reusable || tx.is_closed() {
-            return;
-        }
-        if let Some(shared) = pool.upgrade() {
-            shared.put_back(tx);
-        }
     }
 }
 
@@ -150,7 +156,7 @@ impl Client {
     pub async fn send(
         &self,
         req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Lease), ClientError> {
+    ) -> Result<Response<BackendBody>, ClientError> {
         match self.shared.settings.protocol {
             Protocol::Http1 => self.send_h1(req).await,
             // Boxed, like connecting below: a rarer path that would otherwise enlarge every
@@ -162,56 +168,40 @@ impl Client {
     async fn send_h2(
         &self,
         req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Lease), ClientError> {
+    ) -> Result<Response<BackendBody>, ClientError> {
         let mut tx = self.h2_sender().await?;
         let response = tx.send_request(req).await.map_err(ClientError::Exchange)?;
-        Ok((response, Lease::default()))
+        Ok(response.map(BackendBody::H2))
     }
 
     async fn send_h1(
         &self,
-        mut req: Request<RequestBody>,
-    ) -> Result<(Response<Incoming>, Lease), ClientError> {
+        req: Request<RequestBody>,
+    ) -> Result<Response<BackendBody>, ClientError> {
+        let (parts, mut body) = req.into_parts();
         loop {
-            let (mut tx, pooled) = match self.shared.take_idle() {
-                Some(tx) => (tx, true),
+            let (conn, pooled) = match self.shared.take_idle() {
+                Some(conn) => (conn, true),
                 None => (Box::pin(self.connect_h1()).await?, false),
             };
-            // A pooled connection can have just finished its previous response; a broken one
-            // reports it here.
-            if let Err(e) = tx.ready().await {
-                if pooled {
-                    continue;
+            let home = Arc::downgrade(&self.shared);
+            match h1::send(conn, &parts, body, pooled, home).await {
+                Ok(response) => return Ok(response.map(BackendBody::H1)),
+                // A pooled connection the backend closed under us (its idle timeout, typically),
+                // with the request unsent or unanswered: try the next one, or a new one.
+                Err(h1::SendError::Retry { error, body: back }) => {
+                    tracing::debug!(%error, "pooled backend connection failed; retrying");
+                    body = back;
                 }
-                return Err(ClientError::Exchange(e));
-            }
-            match tx.try_send_request(req).await {
-                Ok(response) => {
-                    let lease = Lease {
-                        inner: Some((tx, Arc::downgrade(&self.shared))),
-                        reusable: false,
-                    };
-                    return Ok((response, lease));
-                }
-                Err(mut e) => match e.take_message() {
-                    // Never written: the pooled connection was closed under us (the backend's
-                    // idle timeout, typically). Try the next one, or a new one.
-                    Some(back) if pooled => req = back,
-                    _ => return Err(ClientError::Exchange(e.into_error())),
-                },
+                Err(h1::SendError::Failed(e)) => return Err(ClientError::H1(e)),
             }
         }
     }
 
-    async fn connect_h1(&self) -> Result<http1::SendRequest<RequestBody>, ClientError> {
+    async fn connect_h1(&self) -> Result<h1::Conn, ClientError> {
         let stream = self.shared.connect().await?;
-        let (tx, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|source| self.shared.handshake_error(source))?;
-        drive(conn);
         self.start_reaper();
-        Ok(tx)
+        Ok(h1::Conn::new(stream))
     }
 
     /// The shared h2c connection, opened if there is none or it closed.
@@ -252,16 +242,16 @@ impl Client {
         });
     }
 
-    /// Idle HTTP/1.1 connections in the pool that are still open.
+    /// Idle HTTP/1.1 connections in the pool that are still open (those the backend closed are
+    /// dropped from it on the way).
     pub fn idle_connections(&self) -> usize {
-        lock(&self.shared.idle)
-            .iter()
-            .filter(|c| !c.tx.is_closed())
-            .count()
+        let mut idle = lock(&self.shared.idle);
+        idle.retain(|c| c.conn.is_open());
+        idle.len()
     }
 }
 
-/// Runs a backend connection (HTTP/1.1 or h2c) on a task of its own until it ends.
+/// Runs an h2c backend connection on a task of its own until it ends.
 fn drive<C>(conn: C)
 where
     C: std::future::Future<Output = hyper::Result<()>> + Send + 'static,
@@ -274,21 +264,22 @@ where
 }
 
 impl Shared {
-    fn take_idle(&self) -> Option<http1::SendRequest<RequestBody>> {
+    fn take_idle(&self) -> Option<h1::Conn> {
         let mut idle = lock(&self.idle);
         while let Some(c) = idle.pop() {
-            if !c.tx.is_closed() {
-                return Some(c.tx);
+            if c.conn.is_open() {
+                return Some(c.conn);
             }
         }
         None
     }
 
-    fn put_back(&self, tx: http1::SendRequest<RequestBody>) {
+    /// Takes back a connection whose exchange ended cleanly, if the pool has room.
+    pub(crate) fn put_back(&self, conn: h1::Conn) {
         let mut idle = lock(&self.idle);
         if idle.len() < self.settings.max_idle {
             idle.push(Idle {
-                tx,
+                conn,
                 since: Instant::now(),
             });
         }
@@ -297,9 +288,9 @@ impl Shared {
     fn close_expired(&self) {
         let now = Instant::now();
         let fresh = |c: &Idle| {
-            now.saturating_duration_since(c.since) < self.settings.idle_timeout && !c.tx.is_closed()
+            now.saturating_duration_since(c.since) < self.settings.idle_timeout && c.conn.is_open()
         };
-        // Dropped after the lock is released: each drop wakes its connection's task to close it.
+        // Closed after the lock is released.
         let expired: Vec<Idle> = {
             let mut idle = lock(&self.idle);
             let (keep, expired) = std::mem::take(&mut *idle).into_iter().partition(fresh);

@@ -12,13 +12,12 @@ use tokio::time::Instant;
 use crate::admission::{Pool, Rejected};
 use crate::body::{RequestBody, RequestBodyError, ResponseBody};
 use crate::buffer::{BufferPool, Reservation};
-use crate::client::{Client, ClientError, ClientSettings, Lease};
+use crate::client::{BackendBody, Client, ClientError, ClientSettings};
 use crate::config::{OversizedBody, Protocol, UpstreamConfig};
 use crate::error::{BoxError, ProxyError};
 use crate::stats::ListenerInfo;
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use std::collections::VecDeque;
 
 /// Called after a request is admitted and before it is forwarded. Tests use it to inject faults
@@ -149,17 +148,17 @@ impl Upstream {
         }
         let deadline = Instant::now() + self.request_timeout;
         let req = self.rewrite(parts, body, client)?;
-        let (response, lease) = tokio::time::timeout_at(deadline, self.client.send(req))
+        let response = tokio::time::timeout_at(deadline, self.client.send(req))
             .await
             .map_err(|_| ProxyError::UpstreamTimeout)?
             .map_err(classify)?;
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let body = if bufferable(&parts, self.response_buffer) {
-            self.buffer_response(body, permit, lease, deadline, buffers)
+            self.buffer_response(body, permit, deadline, buffers)
                 .await?
         } else {
-            ResponseBody::upstream(body, permit, lease, tokio::time::sleep_until(deadline))
+            ResponseBody::upstream(body, permit, tokio::time::sleep_until(deadline))
         };
         Ok(Response::from_parts(parts, body))
     }
@@ -172,9 +171,8 @@ impl Upstream {
     /// be answered 504 / 502.
     async fn buffer_response(
         &self,
-        mut body: Incoming,
+        mut body: BackendBody,
         permit: crate::admission::Permit,
-        lease: Lease,
         deadline: Instant,
         buffers: &BufferPool,
     ) -> Result<ResponseBody, ProxyError> {
@@ -192,13 +190,12 @@ impl Upstream {
             };
             let frame = match frame {
                 None => {
-                    // Complete: the connection goes back to the pool before the slot is freed,
-                    // so the request the slot admits next finds it there.
-                    lease.reuse();
+                    // Complete: the connection went back to the pool as the body read its end,
+                    // before the slot is freed, so the request the slot admits next finds it.
                     drop(permit);
                     return Ok(ResponseBody::buffered(frames, reservation));
                 }
-                Some(Err(e)) => return Err(ProxyError::UpstreamReset(Box::new(e))),
+                Some(Err(e)) => return Err(ProxyError::UpstreamReset(e)),
                 Some(Ok(frame)) => frame,
             };
             let len = frame.data_ref().map_or(0, |d| d.len());
@@ -214,7 +211,6 @@ impl Upstream {
                     reservation,
                     body,
                     permit,
-                    lease,
                     sleep,
                 ));
             }
@@ -411,6 +407,9 @@ fn classify(err: ClientError) -> ProxyError {
         }
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
             protocol |= h.is_parse() || h.is_parse_status();
+        }
+        if let Some(h) = e.downcast_ref::<crate::h1::Error>() {
+            protocol |= h.is_protocol();
         }
         source = e.source();
     }

@@ -33,6 +33,7 @@ pub mod drain;
 pub mod edge;
 pub mod error;
 pub mod forward;
+pub mod h1;
 pub mod metrics;
 pub mod proxy;
 pub mod record;

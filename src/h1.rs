@@ -1,0 +1,830 @@
+//! weir's HTTP/1.1 client side: one backend connection, driven by the task of the request it
+//! carries.
+//!
+//! hyper's client runs each connection on a task of its own and hands requests, responses and
+//! body chunks to it over channels: two tasks and several wake-ups per request. Here the request's
+//! own task writes the request and reads the response head, and the response body reads the
+//! backend's bytes straight from the socket when the client side polls it. The upload goes on at
+//! the same time (HTTP/1.1 is full-duplex: a backend may answer before it has read the whole
+//! request, and stream its answer while it reads the rest).
+//!
+//! The connection goes back to its pool when the response has been read to its end, the request
+//! was sent whole and both sides allow keep-alive; any other ending drops it, which closes it.
+//! Dropping the response body mid-way (the client went away, the deadline fired) is that ending.
+
+use std::future::poll_fn;
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::sync::Weak;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Response, StatusCode, Version, request};
+use http_body::{Body as _, Frame, SizeHint};
+use tokio::io::AsyncWrite;
+use tokio::net::TcpStream;
+
+use crate::body::{RequestBody, RequestBodyError};
+use crate::client::Shared;
+
+/// Response heads (and trailer sections) larger than this are refused: 64 KiB, as nginx's
+/// largest default header buffers.
+const MAX_HEAD: usize = 64 * 1024;
+/// As many header fields as hyper accepts by default.
+const MAX_HEADERS: usize = 100;
+/// How much room a read asks for.
+const READ_CHUNK: usize = 8 * 1024;
+/// Upload bytes gathered before they are written.
+const WRITE_BATCH: usize = 64 * 1024;
+
+/// Why an exchange with the backend failed.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("writing to the backend: {0}")]
+    Write(#[source] io::Error),
+    #[error("reading from the backend: {0}")]
+    Read(#[source] io::Error),
+    #[error("the backend closed the connection without answering")]
+    Unanswered,
+    #[error("the backend closed the connection before the end of the response")]
+    Incomplete,
+    #[error("the backend's response is not valid HTTP/1.1: {0}")]
+    Invalid(&'static str),
+    #[error("the backend's response head is larger than {MAX_HEAD} bytes")]
+    HeadTooLarge,
+    #[error("forwarding the request body")]
+    RequestBody(#[source] RequestBodyError),
+    #[error("the request body does not match its announced length")]
+    RequestBodyLength,
+}
+
+impl Error {
+    /// The backend broke HTTP (as opposed to failing or closing mid-exchange).
+    pub fn is_protocol(&self) -> bool {
+        matches!(self, Error::Invalid(_) | Error::HeadTooLarge)
+    }
+}
+
+impl From<httparse::Error> for Error {
+    fn from(e: httparse::Error) -> Self {
+        Error::Invalid(match e {
+            httparse::Error::TooManyHeaders => "more than 100 header fields",
+            httparse::Error::Status => "invalid status line",
+            httparse::Error::Version => "invalid version",
+            _ => "invalid header field",
+        })
+    }
+}
+
+/// How [`send`] failed: `Retry` gives the request body back when the request may be sent again on
+/// another connection (it cannot have reached the backend's application, or it is idempotent and
+/// was not answered at all).
+pub enum SendError {
+    Retry { error: Error, body: RequestBody },
+    Failed(Error),
+}
+
+/// One open connection to the backend, with its read and write buffers.
+pub struct Conn {
+    io: TcpStream,
+    /// Bytes read from the backend and not yet handed on.
+    buf: BytesMut,
+    /// Bytes to write: the request head, then upload bytes with their framing.
+    out: BytesMut,
+}
+
+impl Conn {
+    pub fn new(io: TcpStream) -> Conn {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+            out: BytesMut::new(),
+        }
+    }
+
+    /// Whether an idle connection can carry a request: the backend has neither closed it nor
+    /// sent anything unasked. Costs no system call unless the socket was signalled readable.
+    pub fn is_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Reads more from the backend into `buf`; `Ok(0)` is the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, Error>> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
+            .map_err(Error::Read)
+    }
+
+    /// Writes what `out` holds; `Ok(true)` once all of it is written, `Ok(false)` when the
+    /// socket is full.
+    fn poll_flush_out(
+        &mut self,
+        cx: &mut Context<'_>,
+        wrote: &mut bool,
+    ) -> Poll<Result<(), Error>> {
+        while !self.out.is_empty() {
+            match ready!(Pin::new(&mut self.io).poll_write(cx, &self.out)) {
+                Ok(0) => return Poll::Ready(Err(Error::Write(io::ErrorKind::WriteZero.into()))),
+                Ok(n) => {
+                    *wrote = true;
+                    self.out.advance(n);
+                }
+                Err(e) => return Poll::Ready(Err(Error::Write(e))),
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Reads the final response head, skipping interim (1xx) ones.
+    fn poll_head(&mut self, cx: &mut Context<'_>, to_head: bool) -> Poll<Result<Head, Error>> {
+        loop {
+            if !self.buf.is_empty() {
+                match parse_head(&mut self.buf, to_head)? {
+                    Parsed::Final(head) => return Poll::Ready(Ok(head)),
+                    Parsed::Interim => continue,
+                    Parsed::Partial if self.buf.len() >= MAX_HEAD => {
+                        return Poll::Ready(Err(Error::HeadTooLarge));
+                    }
+                    Parsed::Partial => {}
+                }
+            }
+            if ready!(self.poll_fill(cx))? == 0 {
+                return Poll::Ready(Err(if self.buf.is_empty() {
+                    Error::Unanswered
+                } else {
+                    Error::Incomplete
+                }));
+            }
+        }
+    }
+
+    /// The next part of the response body, as `decode` frames it.
+    fn poll_decode(
+        &mut self,
+        cx: &mut Context<'_>,
+        decode: &mut Decode,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        loop {
+            match decode {
+                Decode::Done => return Poll::Ready(None),
+                Decode::Length(0) => *decode = Decode::Done,
+                Decode::Length(left) | Decode::Chunked(Chunk::Data(left))
+                    if !self.buf.is_empty() =>
+                {
+                    let n = (*left).min(self.buf.len() as u64);
+                    *left -= n;
+                    let data = self.buf.split_to(n as usize).freeze();
+                    if let Decode::Chunked(c @ Chunk::Data(0)) = decode {
+                        *c = Chunk::DataEnd;
+                    } else if *decode == Decode::Length(0) {
+                        *decode = Decode::Done;
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Decode::Eof if !self.buf.is_empty() => {
+                    let data = self.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Decode::Chunked(Chunk::Size) => {
+                    if let Some(size) = chunk_size(&mut self.buf)? {
+                        *decode = Decode::Chunked(match size {
+                            0 => Chunk::Trailers,
+                            n => Chunk::Data(n),
+                        });
+                        continue;
+                    }
+                }
+                Decode::Chunked(Chunk::DataEnd) => {
+                    if self.buf.starts_with(b"\r\n") {
+                        self.buf.advance(2);
+                        *decode = Decode::Chunked(Chunk::Size);
+                        continue;
+                    }
+                    if self.buf.len() >= 2 || self.buf.first().is_some_and(|b| *b != b'\r') {
+                        return Poll::Ready(Some(Err(Error::Invalid(
+                            "chunk not followed by CRLF",
+                        ))));
+                    }
+                }
+                Decode::Chunked(Chunk::Trailers) => {
+                    if let Some(trailers) = trailer_section(&mut self.buf)? {
+                        *decode = Decode::Done;
+                        if trailers.is_empty() {
+                            return Poll::Ready(None);
+                        }
+                        return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                    }
+                }
+                Decode::Length(_) | Decode::Chunked(Chunk::Data(_)) | Decode::Eof => {}
+            }
+            // Nothing decodable is buffered: read more.
+            if ready!(self.poll_fill(cx))? == 0 {
+                if *decode == Decode::Eof {
+                    *decode = Decode::Done;
+                    return Poll::Ready(None);
+                }
+                return Poll::Ready(Some(Err(Error::Incomplete)));
+            }
+        }
+    }
+}
+
+/// How the response body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decode {
+    /// `Content-Length`: the bytes still to come.
+    Length(u64),
+    Chunked(Chunk),
+    /// Neither: the body ends when the backend closes the connection.
+    Eof,
+    Done,
+}
+
+/// Where a chunked body is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Chunk {
+    Size,
+    Data(u64),
+    DataEnd,
+    Trailers,
+}
+
+/// A final response head.
+struct Head {
+    status: StatusCode,
+    version: Version,
+    headers: HeaderMap,
+    decode: Decode,
+    /// The backend lets the connection carry another request.
+    keep_alive: bool,
+}
+
+enum Parsed {
+    Final(Head),
+    Interim,
+    Partial,
+}
+
+/// Parses a response head at the start of `buf`, taking it out of `buf` when complete. Header
+/// values are slices of the head, not copies.
+fn parse_head(buf: &mut BytesMut, to_head: bool) -> Result<Parsed, Error> {
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        buf,
+        &mut fields,
+    )? {
+        httparse::Status::Partial => return Ok(Parsed::Partial),
+        httparse::Status::Complete(len) => len,
+    };
+    let code = res.code.unwrap_or(0);
+    let version = if res.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
+    let base = buf.as_ptr() as usize;
+    let count = res.headers.len();
+    for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
+        let name = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        *span = (
+            name as u32,
+            (name + h.name.len()) as u32,
+            value as u32,
+            (value + h.value.len()) as u32,
+        );
+    }
+    let head = buf.split_to(len).freeze();
+    if (100..200).contains(&code) {
+        if code == 101 {
+            return Err(Error::Invalid("protocol switch that was not asked for"));
+        }
+        return Ok(Parsed::Interim);
+    }
+    let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("invalid status code"))?;
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(ns, ne, vs, ve) in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+            .map_err(|_| Error::Invalid("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
+            .map_err(|_| Error::Invalid("invalid header value"))?;
+        headers.append(name, value);
+    }
+    let (decode, delimited) = body_framing(status, to_head, &headers)?;
+    let keep_alive = delimited && keeps_alive(version, &headers);
+    Ok(Parsed::Final(Head {
+        status,
+        version,
+        headers,
+        decode,
+        keep_alive,
+    }))
+}
+
+/// How the body of a response is delimited, and whether its end leaves the connection usable.
+fn body_framing(
+    status: StatusCode,
+    to_head: bool,
+    headers: &HeaderMap,
+) -> Result<(Decode, bool), Error> {
+    if to_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+        return Ok((Decode::Length(0), true));
+    }
+    if let Some(te) = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .next_back()
+    {
+        let chunked = te
+            .as_bytes()
+            .rsplit(|b| *b == b',')
+            .next()
+            .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
+        // With a Content-Length too, the connection must close after (RFC 9112 §6.3).
+        let alone = !headers.contains_key(header::CONTENT_LENGTH);
+        return Ok(if chunked {
+            (Decode::Chunked(Chunk::Size), alone)
+        } else {
+            (Decode::Eof, false)
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(header::CONTENT_LENGTH) {
+        for part in value.as_bytes().split(|b| *b == b',') {
+            let n =
+                parse_decimal(part.trim_ascii()).ok_or(Error::Invalid("invalid Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Error::Invalid("conflicting Content-Length values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(n) => (Decode::Length(n), true),
+        None => (Decode::Eof, false),
+    })
+}
+
+fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    let has = |token: &[u8]| {
+        headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .split(|b| *b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+        })
+    };
+    if version == Version::HTTP_10 {
+        has(b"keep-alive")
+    } else {
+        !has(b"close")
+    }
+}
+
+fn parse_decimal(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0u64, |n, d| {
+        d.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))?
+    })
+}
+
+/// Takes a chunk-size line (with any extensions) off `buf` and returns the size, or `None` when
+/// the line is not complete yet.
+fn chunk_size(buf: &mut BytesMut) -> Result<Option<u64>, Error> {
+    match httparse::parse_chunk_size(buf) {
+        Ok(httparse::Status::Complete((len, size))) => {
+            buf.advance(len);
+            Ok(Some(size))
+        }
+        Ok(httparse::Status::Partial) if buf.len() > 1024 => {
+            Err(Error::Invalid("chunk-size line too long"))
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(_) => Err(Error::Invalid("invalid chunk size")),
+    }
+}
+
+/// Takes the trailer section that ends a chunked body off `buf`: `None` while incomplete.
+fn trailer_section(buf: &mut BytesMut) -> Result<Option<HeaderMap>, Error> {
+    let mut fields = [httparse::EMPTY_HEADER; 32];
+    match httparse::parse_headers(buf, &mut fields)? {
+        httparse::Status::Partial if buf.len() >= MAX_HEAD => Err(Error::HeadTooLarge),
+        httparse::Status::Partial => Ok(None),
+        httparse::Status::Complete((len, fields)) => {
+            let mut trailers = HeaderMap::with_capacity(fields.len());
+            for f in fields.iter() {
+                let name = HeaderName::from_bytes(f.name.as_bytes())
+                    .map_err(|_| Error::Invalid("invalid trailer name"))?;
+                let value = HeaderValue::from_bytes(f.value)
+                    .map_err(|_| Error::Invalid("invalid trailer value"))?;
+                trailers.append(name, value);
+            }
+            buf.advance(len);
+            Ok(Some(trailers))
+        }
+    }
+}
+
+/// How the request body is delimited on the way to the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    /// No body: the head alone, as the client's headers describe it.
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// The request on its way out: the head, then the body with its framing.
+struct Upload {
+    body: RequestBody,
+    framing: Framing,
+    /// Body bytes taken so far (checked against a `Content-Length`).
+    taken: u64,
+    /// The body has ended and its end (framing included) is in `out` or written.
+    ended: bool,
+    /// Some bytes reached the socket.
+    wrote: bool,
+    /// The body was polled: what it gave cannot be given again.
+    polled: bool,
+}
+
+impl Upload {
+    /// Writes the head and as much of the body as is ready; `Ready(Ok)` once all is written.
+    fn poll_send(&mut self, cx: &mut Context<'_>, conn: &mut Conn) -> Poll<Result<(), Error>> {
+        loop {
+            while !self.ended && conn.out.len() < WRITE_BATCH {
+                self.polled = true;
+                match Pin::new(&mut self.body).poll_frame(cx) {
+                    Poll::Pending => break,
+                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(Error::RequestBody(e))),
+                    Poll::Ready(Some(Ok(frame))) => self.encode(frame, &mut conn.out)?,
+                    Poll::Ready(None) => self.finish(None, &mut conn.out)?,
+                }
+            }
+            if conn.out.is_empty() {
+                return if self.ended {
+                    Poll::Ready(Ok(()))
+                } else {
+                    Poll::Pending
+                };
+            }
+            ready!(conn.poll_flush_out(cx, &mut self.wrote))?;
+        }
+    }
+
+    fn encode(&mut self, frame: Frame<Bytes>, out: &mut BytesMut) -> Result<(), Error> {
+        let data = match frame.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                // Trailers end the body; they can only be sent with chunked framing.
+                let trailers = frame.into_trailers().ok();
+                return self.finish(trailers.as_ref(), out);
+            }
+        };
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.taken += data.len() as u64;
+        match self.framing {
+            Framing::Length(n) if self.taken > n => Err(Error::RequestBodyLength),
+            Framing::Chunked => {
+                put_hex_line(out, data.len());
+                out.extend_from_slice(&data);
+                out.extend_from_slice(b"\r\n");
+                Ok(())
+            }
+            _ => {
+                out.extend_from_slice(&data);
+                Ok(())
+            }
+        }
+    }
+
+    fn finish(&mut self, trailers: Option<&HeaderMap>, out: &mut BytesMut) -> Result<(), Error> {
+        if self.ended {
+            return Ok(());
+        }
+        self.ended = true;
+        match self.framing {
+            Framing::Chunked => {
+                out.extend_from_slice(b"0\r\n");
+                for (name, value) in trailers.into_iter().flatten() {
+                    put_field(out, name, value);
+                }
+                out.extend_from_slice(b"\r\n");
+                Ok(())
+            }
+            Framing::Length(n) if self.taken != n => Err(Error::RequestBodyLength),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn put_hex_line(out: &mut BytesMut, n: usize) {
+    use std::fmt::Write as _;
+    // Writing to a BytesMut cannot fail.
+    let _ = write!(out, "{n:X}\r\n");
+}
+
+fn put_field(out: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Writes the request head into `out`, with the body's framing.
+fn encode_head(out: &mut BytesMut, parts: &request::Parts, framing: Framing) {
+    out.clear();
+    out.reserve(256);
+    out.extend_from_slice(parts.method.as_str().as_bytes());
+    out.put_u8(b' ');
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &parts.headers {
+        if framing != Framing::None && name == header::CONTENT_LENGTH {
+            continue;
+        }
+        put_field(out, name, value);
+    }
+    match framing {
+        Framing::None => {}
+        Framing::Length(n) => {
+            use std::fmt::Write as _;
+            let _ = write!(out, "content-length: {n}\r\n");
+        }
+        Framing::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Whether a request may be sent again after the backend closed the connection without a word:
+/// the method is idempotent (RFC 9110 §9.2.2).
+fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// Sends a request on `conn` and returns the response once its head has arrived. `pooled` says
+/// the connection was idle in the pool (a retry on another one is then worth it); `home` is the
+/// pool the connection returns to when the exchange ends cleanly.
+pub async fn send(
+    mut conn: Conn,
+    parts: &request::Parts,
+    body: RequestBody,
+    pooled: bool,
+    home: Weak<Shared>,
+) -> Result<Response<Body>, SendError> {
+    let framing = if body.is_end_stream() {
+        Framing::None
+    } else {
+        match body.size_hint().exact() {
+            Some(n) => Framing::Length(n),
+            None => Framing::Chunked,
+        }
+    };
+    encode_head(&mut conn.out, parts, framing);
+    let mut upload = Upload {
+        body,
+        framing,
+        taken: 0,
+        ended: framing == Framing::None,
+        wrote: false,
+        polled: false,
+    };
+    let to_head = parts.method == Method::HEAD;
+    let mut sent = false;
+    let mut write_failed = None;
+    let head = poll_fn(|cx| {
+        if !sent && write_failed.is_none() {
+            match upload.poll_send(cx, &mut conn) {
+                Poll::Ready(Ok(())) => sent = true,
+                // The client's body failed: the backend will not get the rest, so it would never
+                // answer. Give up now.
+                Poll::Ready(Err(e @ Error::RequestBody(_))) => return Poll::Ready(Err(e)),
+                // The backend may still have answered (early, then closed): read on, and report
+                // the write error only if there is no answer.
+                Poll::Ready(Err(e)) => write_failed = Some(e),
+                Poll::Pending => {}
+            }
+        }
+        match ready!(conn.poll_head(cx, to_head)) {
+            Err(e) => Poll::Ready(Err(write_failed.take().unwrap_or(e))),
+            ok => Poll::Ready(ok),
+        }
+    })
+    .await;
+    let head = match head {
+        Ok(head) => head,
+        Err(error) => {
+            let unsent = !upload.wrote;
+            let unanswered = matches!(error, Error::Write(_) | Error::Read(_) | Error::Unanswered)
+                && conn.buf.is_empty()
+                && idempotent(&parts.method);
+            return Err(if pooled && !upload.polled && (unsent || unanswered) {
+                SendError::Retry {
+                    error,
+                    body: upload.body,
+                }
+            } else {
+                SendError::Failed(error)
+            });
+        }
+    };
+    let mut body = Body {
+        conn: Some(conn),
+        upload: (!sent).then_some(upload),
+        decode: head.decode,
+        keep_alive: head.keep_alive,
+        home,
+    };
+    if body.decode == Decode::Length(0) {
+        body.decode = Decode::Done;
+        body.finish();
+    }
+    let mut response = Response::new(body);
+    *response.status_mut() = head.status;
+    *response.version_mut() = head.version;
+    *response.headers_mut() = head.headers;
+    Ok(response)
+}
+
+/// A response body read from the backend connection, which it owns until the end.
+pub struct Body {
+    /// `None` once the body has ended (the connection went back to the pool, or was closed).
+    conn: Option<Conn>,
+    /// The rest of the request, when the backend answered before it was all sent.
+    upload: Option<Upload>,
+    decode: Decode,
+    keep_alive: bool,
+    home: Weak<Shared>,
+}
+
+impl Body {
+    /// The response has ended: the connection goes back to the pool if it can carry another
+    /// request, and is closed otherwise.
+    fn finish(&mut self) {
+        let Some(conn) = self.conn.take() else { return };
+        let clean = self.keep_alive && self.upload.is_none() && conn.buf.is_empty();
+        self.upload = None;
+        if clean {
+            if let Some(pool) = self.home.upgrade() {
+                pool.put_back(conn);
+            }
+        }
+    }
+
+    /// Ends the body with `e`; the connection is closed.
+    fn fail(&mut self, e: Error) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        self.conn = None;
+        self.upload = None;
+        self.decode = Decode::Done;
+        Poll::Ready(Some(Err(e)))
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = self.get_mut();
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Some(upload) = this.upload.as_mut() {
+            match upload.poll_send(cx, conn) {
+                Poll::Ready(Ok(())) => this.upload = None,
+                Poll::Ready(Err(e)) => return this.fail(e),
+                Poll::Pending => {}
+            }
+        }
+        match ready!(conn.poll_decode(cx, &mut this.decode)) {
+            Some(Err(e)) => this.fail(e),
+            Some(Ok(frame)) => {
+                if this.decode == Decode::Done {
+                    this.finish();
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            None => {
+                this.finish();
+                Poll::Ready(None)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.decode == Decode::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decode {
+            Decode::Length(n) => SizeHint::with_exact(n),
+            Decode::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str) -> Result<Parsed, Error> {
+        parse_head(&mut BytesMut::from(raw), false)
+    }
+
+    #[test]
+    fn response_heads_and_their_framing() {
+        let Ok(Parsed::Final(h)) =
+            head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-a: b\r\n\r\nhello")
+        else {
+            panic!("not a final head")
+        };
+        assert_eq!(h.status, StatusCode::OK);
+        assert_eq!(h.headers["x-a"], "b");
+        assert_eq!(h.decode, Decode::Length(5));
+        assert!(h.keep_alive);
+
+        let Ok(Parsed::Final(h)) =
+            head("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n")
+        else {
+            panic!("not a final head")
+        };
+        assert_eq!(h.decode, Decode::Chunked(Chunk::Size));
+
+        let Ok(Parsed::Final(h)) = head("HTTP/1.0 200 OK\r\n\r\n") else {
+            panic!("not a final head")
+        };
+        assert_eq!(h.decode, Decode::Eof);
+        assert!(!h.keep_alive);
+
+        let Ok(Parsed::Final(h)) =
+            head("HTTP/1.1 200 OK\r\nconnection: x, Close\r\ncontent-length: 0\r\n\r\n")
+        else {
+            panic!("not a final head")
+        };
+        assert!(!h.keep_alive);
+
+        assert!(matches!(
+            head("HTTP/1.1 100 Continue\r\n\r\n"),
+            Ok(Parsed::Interim)
+        ));
+        assert!(matches!(
+            head("HTTP/1.1 200 OK\r\ncontent-le"),
+            Ok(Parsed::Partial)
+        ));
+        assert!(head("HTTP/1.1 200 OK\r\ncontent-length: 1, 2\r\n\r\n").is_err());
+        assert!(head("HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n").is_err());
+        assert!(head("HTTP/1.1 101 Switching Protocols\r\n\r\n").is_err());
+        assert!(head("this is not HTTP\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn chunk_size_lines() {
+        let mut buf = BytesMut::from("1a;ext=1\r\nrest");
+        assert_eq!(chunk_size(&mut buf).ok().flatten(), Some(26));
+        assert_eq!(&buf[..], b"rest");
+        assert!(matches!(chunk_size(&mut BytesMut::from("1a")), Ok(None)));
+        assert!(chunk_size(&mut BytesMut::from("xyz\r\n")).is_err());
+        assert!(chunk_size(&mut BytesMut::from("11111111111111111\r\n")).is_err());
+    }
+
+    #[test]
+    fn request_heads() {
+        let (parts, ()) = http::Request::post("/a?b")
+            .header("host", "x")
+            .header("content-length", "9")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut out = BytesMut::new();
+        encode_head(&mut out, &parts, Framing::Chunked);
+        assert_eq!(
+            &out[..],
+            b"POST /a?b HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        encode_head(&mut out, &parts, Framing::None);
+        assert_eq!(
+            &out[..],
+            b"POST /a?b HTTP/1.1\r\nhost: x\r\ncontent-length: 9\r\n\r\n"
+        );
+    }
+}
