@@ -644,11 +644,13 @@ pub async fn send(
             });
         }
     };
+    // An upload the backend stopped taking is given up, and the connection with it.
+    let gave_up = write_failed.is_some();
     let mut body = Body {
         conn: Some(conn),
-        upload: (!sent).then_some(upload),
+        upload: (!sent && !gave_up).then_some(upload),
         decode: head.decode,
-        keep_alive: head.keep_alive,
+        keep_alive: head.keep_alive && !gave_up,
         home,
     };
     if body.decode == Decode::Length(0) {
@@ -711,6 +713,14 @@ impl http_body::Body for Body {
         if let Some(upload) = this.upload.as_mut() {
             match upload.poll_send(cx, conn) {
                 Poll::Ready(Ok(())) => this.upload = None,
+                // The backend stopped taking the request (it answered early, then closed): its
+                // answer is still read whole, and the connection closed after it.
+                Poll::Ready(Err(Error::Write(e))) => {
+                    tracing::debug!(error = %e, "the backend stopped reading the request body");
+                    this.upload = None;
+                    this.keep_alive = false;
+                }
+                // The client's body failed: the backend, waiting for the rest, would never end.
                 Poll::Ready(Err(e)) => return this.fail(e),
                 Poll::Pending => {}
             }
@@ -826,5 +836,68 @@ mod tests {
             &out[..],
             b"POST /a?b HTTP/1.1\r\nhost: x\r\ncontent-length: 9\r\n\r\n"
         );
+    }
+
+    /// Decodes `raw` (a body framed as `decode` says) with its first `split` bytes already
+    /// buffered and the rest arriving from a real socket, which then closes.
+    async fn decode_split(
+        raw: &'static [u8],
+        split: usize,
+        decode: Decode,
+    ) -> Result<(Vec<u8>, Option<HeaderMap>), Error> {
+        use tokio::io::AsyncWriteExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let peer = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            s.write_all(&raw[split..]).await.unwrap();
+        });
+        let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+        conn.buf.extend_from_slice(&raw[..split]);
+        let mut decode = decode;
+        let mut data = Vec::new();
+        let mut trailers = None;
+        while let Some(frame) = poll_fn(|cx| conn.poll_decode(cx, &mut decode)).await {
+            match frame?.into_data() {
+                Ok(d) => data.extend_from_slice(&d),
+                Err(f) => trailers = f.into_trailers().ok(),
+            }
+        }
+        peer.await.unwrap();
+        Ok((data, trailers))
+    }
+
+    #[tokio::test]
+    async fn bodies_decode_whatever_way_they_are_split() {
+        const CHUNKED: &[u8] = b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\n";
+        for split in 0..=CHUNKED.len() {
+            let (data, trailers) = decode_split(CHUNKED, split, Decode::Chunked(Chunk::Size))
+                .await
+                .unwrap();
+            assert_eq!(data, b"hello world", "split at {split}");
+            assert_eq!(trailers.unwrap()["x-t"], "1", "split at {split}");
+        }
+        const PLAIN: &[u8] = b"0123456789";
+        for split in 0..=PLAIN.len() {
+            let got = decode_split(PLAIN, split, Decode::Length(10))
+                .await
+                .unwrap();
+            assert_eq!(got.0, PLAIN, "split at {split}");
+            let got = decode_split(PLAIN, split, Decode::Eof).await.unwrap();
+            assert_eq!(got.0, PLAIN, "split at {split}");
+        }
+        // Cut short: the body is incomplete, not ended.
+        assert!(matches!(
+            decode_split(PLAIN, 0, Decode::Length(11)).await,
+            Err(Error::Incomplete)
+        ));
+        assert!(matches!(
+            decode_split(b"5\r\nhel", 0, Decode::Chunked(Chunk::Size)).await,
+            Err(Error::Incomplete)
+        ));
+        assert!(matches!(
+            decode_split(b"5\r\nhelloXX", 0, Decode::Chunked(Chunk::Size)).await,
+            Err(Error::Invalid(_))
+        ));
     }
 }

@@ -402,3 +402,132 @@ async fn a_deadline_while_buffering_the_response_answers_504() {
     assert_eq!(weir.upstream("app").pool().in_flight(), 0);
     assert_eq!(weir.proxy.buffers().used(), 0);
 }
+
+/// A backend that reads request heads (bodies are not read) and answers each with what `answer`
+/// returns for (connection number from 1, request number on it from 1, request path), written
+/// as given, closing the connection after an HTTP/1.0 answer; `None` closes it without a word. Returns its address and a count of the
+/// connections it accepted.
+async fn scripted_backend(
+    answer: fn(usize, usize, &str) -> Option<&'static [u8]>,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use std::sync::atomic::Ordering::SeqCst;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = std::sync::Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let conn = count.fetch_add(1, SeqCst) + 1;
+            tokio::spawn(async move {
+                let mut pending = Vec::new();
+                let mut buf = [0u8; 4096];
+                for request in 1.. {
+                    let end = loop {
+                        if let Some(i) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break i + 4;
+                        }
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => pending.extend_from_slice(&buf[..n]),
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&pending[..end]).into_owned();
+                    pending.drain(..end);
+                    let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                    match answer(conn, request, &path) {
+                        Some(bytes) => {
+                            if stream.write_all(bytes).await.is_err()
+                                || bytes.starts_with(b"HTTP/1.0")
+                            {
+                                return;
+                            }
+                        }
+                        None => return,
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn every_framing_a_backend_may_use_arrives_whole() {
+    // Buffered whole before the head is sent, and streamed.
+    for extra in ["", "response_buffer = 0\n"] {
+        let (addr, accepted) = scripted_backend(|_, _, path| {
+            Some(match path {
+                // Chunked, with an extension and a trailer; keep-alive.
+                "/chunked" => {
+                    b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n\
+                      5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n"
+                }
+                // An interim answer first, then the final one; keep-alive.
+                "/continue" => {
+                    b"HTTP/1.1 100 Continue\r\n\r\n\
+                      HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfinal"
+                }
+                // HTTP/1.0 without a length: the body ends with the connection.
+                "/until-close" => b"HTTP/1.0 200 OK\r\n\r\nuntil close",
+                _ => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            })
+        })
+        .await;
+        let weir = spawn_weir(&upstream_toml(addr, extra)).await;
+        let client = client();
+        for (path, body) in [
+            ("/chunked", "hello world"),
+            ("/continue", "final"),
+            ("/", "ok"),
+        ] {
+            let (status, _, got) = get(&client, &weir.url(path)).await;
+            assert_eq!(
+                (status, &got[..]),
+                (StatusCode::OK, body.as_bytes()),
+                "{path} {extra}"
+            );
+        }
+        // All three ended cleanly with keep-alive: one backend connection carried them.
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(weir.upstream("app").idle_connections(), 1);
+
+        let (status, _, got) = get(&client, &weir.url("/until-close")).await;
+        assert_eq!((status, &got[..]), (StatusCode::OK, &b"until close"[..]));
+        // The backend closed that connection after it: the next request opens another.
+        assert_eq!(get(&client, &weir.url("/")).await.0, StatusCode::OK);
+        assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+}
+
+#[tokio::test]
+async fn a_request_the_backend_drops_unanswered_on_a_pooled_connection_is_retried_if_idempotent() {
+    // The first connection answers its first request, keeps alive, then closes on the next one
+    // without a word (as a backend closing an idle connection just as the request arrives).
+    // Later connections answer everything.
+    let (addr, accepted) = scripted_backend(|conn, request, _| {
+        (conn > 1 || request == 1).then_some(&b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..])
+    })
+    .await;
+    let weir = spawn_weir(&upstream_toml(addr, "")).await;
+    let client = client();
+    assert_eq!(get(&client, &weir.url("/")).await.0, StatusCode::OK);
+    assert_eq!(get(&client, &weir.url("/")).await.0, StatusCode::OK);
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 2);
+
+    // A POST is not sent twice: the backend may have acted on it.
+    let (addr, _) = scripted_backend(|conn, request, _| {
+        (conn > 1 || request == 1).then_some(&b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"[..])
+    })
+    .await;
+    let weir = spawn_weir(&upstream_toml(addr, "")).await;
+    assert_eq!(get(&client, &weir.url("/")).await.0, StatusCode::OK);
+    let post = Request::post(weir.url("/"))
+        .body(Full::new(Bytes::from_static(b"order")))
+        .unwrap();
+    let (status, headers, _) = send(&client, post).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(headers["x-weir-reject"], "upstream_reset");
+}
