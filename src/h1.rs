@@ -34,8 +34,11 @@ use crate::client::Shared;
 const MAX_HEAD: usize = 64 * 1024;
 /// As many header fields as hyper accepts by default.
 const MAX_HEADERS: usize = 100;
-/// How much room a read asks for.
+/// How much room a read asks for at first; it doubles, up to `READ_MAX`, while reads fill it.
 const READ_CHUNK: usize = 8 * 1024;
+const READ_MAX: usize = 256 * 1024;
+/// Buffers larger than this are let go when the connection goes back to the pool.
+const IDLE_KEEP: usize = 16 * 1024;
 /// Upload bytes gathered before they are written.
 const WRITE_BATCH: usize = 64 * 1024;
 
@@ -93,6 +96,8 @@ pub struct Conn {
     buf: BytesMut,
     /// Bytes to write: the request head, then upload bytes with their framing.
     out: BytesMut,
+    /// Room the next read asks for.
+    read_size: usize,
 }
 
 impl Conn {
@@ -101,7 +106,20 @@ impl Conn {
             io,
             buf: BytesMut::new(),
             out: BytesMut::new(),
+            read_size: READ_CHUNK,
         }
+    }
+
+    /// Readies the connection to wait in the pool: buffers a large exchange grew are let go.
+    fn idle(mut self) -> Conn {
+        if self.buf.capacity() > IDLE_KEEP {
+            self.buf = BytesMut::new();
+        }
+        if self.out.capacity() > IDLE_KEEP {
+            self.out = BytesMut::new();
+        }
+        self.read_size = READ_CHUNK;
+        self
     }
 
     /// Whether an idle connection can carry a request: the backend has neither closed it nor
@@ -113,11 +131,21 @@ impl Conn {
 
     /// Reads more from the backend into `buf`; `Ok(0)` is the end of the stream.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<usize, Error>> {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 2 {
-            self.buf.reserve(READ_CHUNK);
+        if self.buf.capacity() - self.buf.len() < self.read_size / 2 {
+            self.buf.reserve(self.read_size);
         }
-        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
-            .map_err(Error::Read)
+        let room = self.buf.capacity() - self.buf.len();
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.io),
+            cx,
+            &mut self.buf
+        ))
+        .map_err(Error::Read)?;
+        // A read that filled all the room it had: the backend sends faster than we read.
+        if n == room && self.read_size < READ_MAX {
+            self.read_size *= 2;
+        }
+        Poll::Ready(Ok(n))
     }
 
     /// Writes what `out` holds; `Ok(true)` once all of it is written, `Ok(false)` when the
@@ -684,7 +712,7 @@ impl Body {
         self.upload = None;
         if clean {
             if let Some(pool) = self.home.upgrade() {
-                pool.put_back(conn);
+                pool.put_back(conn.idle());
             }
         }
     }
