@@ -109,7 +109,7 @@ pub struct Client {
     shared: Arc<Shared>,
 }
 
-pub struct Shared {
+pub(crate) struct Shared {
     settings: ClientSettings,
     /// HTTP/1.1: idle connections, the most recently used last.
     idle: Mutex<Vec<Idle>>,

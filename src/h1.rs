@@ -84,13 +84,13 @@ impl From<httparse::Error> for Error {
 /// How [`send`] failed: `Retry` gives the request body back when the request may be sent again on
 /// another connection (it cannot have reached the backend's application, or it is idempotent and
 /// was not answered at all).
-pub enum SendError {
+pub(crate) enum SendError {
     Retry { error: Error, body: RequestBody },
     Failed(Error),
 }
 
 /// One open connection to the backend, with its read and write buffers.
-pub struct Conn {
+pub(crate) struct Conn {
     io: TcpStream,
     /// Bytes read from the backend and not yet handed on.
     buf: BytesMut,
@@ -101,7 +101,7 @@ pub struct Conn {
 }
 
 impl Conn {
-    pub fn new(io: TcpStream) -> Conn {
+    pub(crate) fn new(io: TcpStream) -> Conn {
         Conn {
             io,
             buf: BytesMut::new(),
@@ -124,7 +124,7 @@ impl Conn {
 
     /// Whether an idle connection can carry a request: the backend has neither closed it nor
     /// sent anything unasked. Costs no system call unless the socket was signalled readable.
-    pub fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         let mut probe = [0u8; 1];
         matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
@@ -609,7 +609,7 @@ fn idempotent(method: &Method) -> bool {
 /// Sends a request on `conn` and returns the response once its head has arrived. `pooled` says
 /// the connection was idle in the pool (a retry on another one is then worth it); `home` is the
 /// pool the connection returns to when the exchange ends cleanly.
-pub async fn send(
+pub(crate) async fn send(
     mut conn: Conn,
     parts: &request::Parts,
     body: RequestBody,
