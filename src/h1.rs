@@ -148,8 +148,8 @@ impl Conn {
         Poll::Ready(Ok(n))
     }
 
-    /// Writes what `out` holds; `Ok(true)` once all of it is written, `Ok(false)` when the
-    /// socket is full.
+    /// Writes what `out` holds: `Ready(Ok)` once all of it is written, `Pending` while the
+    /// socket is full. `wrote` is set as soon as any byte is written.
     fn poll_flush_out(
         &mut self,
         cx: &mut Context<'_>,
