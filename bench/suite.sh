@@ -4,7 +4,8 @@
 #
 # Scenarios (BENCHMARKS.md says what each means):
 #   A  tiny responses, HTTP/1.1 keep-alive, 64 connections, closed loop (wrk): requests/s, p50/p99,
-#      and the proxy's CPU time per request; then open loop at half of HAProxy's maximum.
+#      and the proxy's CPU time per request, in ROUNDS_A (default 3) interleaved rounds; then open
+#      loop at half of HAProxy's maximum.
 #   B  overload: backend capacity 16 x 20 ms (800 requests/s), offered 4,000 requests/s open loop.
 #   C  idle connections: IDLE_CONNS (default 9,500) idle keep-alive connections, resident memory
 #      per connection (HAProxy needs two descriptors per connection of its maxconn, and a file
@@ -159,27 +160,37 @@ to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) printf "%.3f", v/1000; else if (
 echo "versions: $("$WEIR_BIN" --version), $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v | head -1 | awk '{print "haproxy/"$3}'), $(wrk --version 2>&1 | head -1 | awk '{print "wrk/"$2}')" | tee "$OUT/versions.txt"
 
 # ---- A: closed loop ----
-echo "A: closed loop, 64 connections, ${SECONDS_PER_RUN}s"
+# ROUNDS_A interleaved rounds (default 3), each measuring every target once, the order rotated
+# each round: this machine drifts between slow and fast phases over tens of seconds, and a
+# single pass would charge a phase to whichever target it fell on. The tables quote each
+# target's median, and weir's ratios to its peers round by round, measured minutes apart at most.
+ROUNDS_A=${ROUNDS_A:-3}
+echo "A: closed loop, 64 connections, ${SECONDS_PER_RUN}s, $ROUNDS_A interleaved rounds"
 declare -A RPS
-for t in direct weir nginx haproxy; do
-    url="http://${ADDR[$t]}/"
-    $LG wrk -t1 -c64 -d2s "$url" >/dev/null   # warm-up
-    pids=$(pids_of $t)
-    c0=$(cpu_ticks $pids)
-    out=$($LG wrk -t1 -c64 -d"${SECONDS_PER_RUN}s" --latency "$url")
-    c1=$(cpu_ticks $pids)
-    rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-    total=$(echo "$out" | awk '/requests in/ {print $1}')
-    errs=$(echo "$out" | awk '/Non-2xx|Socket errors/ {s = s $0 " "} END {print s}')
-    p50=$(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")
-    p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")
-    cpu_us=$(awk -v c=$((c1 - c0)) -v n="$total" -v tick="$TICK" 'BEGIN { if (n > 0 && c > 0) printf "%.2f", c / tick * 1e6 / n; else print "null" }')
-    RPS[$t]=$rps
-    record "{\"scenario\":\"A\",\"target\":\"$t\",\"rps\":$rps,\"requests\":$total,\"p50_ms\":$p50,\"p99_ms\":$p99,\"cpu_us_per_request\":$cpu_us,\"errors\":\"$errs\"}"
-    printf '  %-8s %10s req/s  p50 %7s ms  p99 %7s ms  CPU %6s µs/request %s\n' "$t" "$rps" "$p50" "$p99" "$cpu_us" "$errs"
+ORDER=(direct weir nginx haproxy)
+for round in $(seq 1 "$ROUNDS_A"); do
+    for i in 0 1 2 3; do
+        t=${ORDER[$(((i + round - 1) % 4))]}
+        url="http://${ADDR[$t]}/"
+        $LG wrk -t1 -c64 -d2s "$url" >/dev/null   # warm-up
+        pids=$(pids_of $t)
+        c0=$(cpu_ticks $pids)
+        out=$($LG wrk -t1 -c64 -d"${SECONDS_PER_RUN}s" --latency "$url")
+        c1=$(cpu_ticks $pids)
+        rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
+        total=$(echo "$out" | awk '/requests in/ {print $1}')
+        errs=$(echo "$out" | awk '/Non-2xx|Socket errors/ {s = s $0 " "} END {print s}')
+        p50=$(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")
+        p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")
+        cpu_us=$(awk -v c=$((c1 - c0)) -v n="$total" -v tick="$TICK" 'BEGIN { if (n > 0 && c > 0) printf "%.2f", c / tick * 1e6 / n; else print "null" }')
+        RPS[$t]="${RPS[$t]:-} $rps"
+        record "{\"scenario\":\"A\",\"round\":$round,\"target\":\"$t\",\"rps\":$rps,\"requests\":$total,\"p50_ms\":$p50,\"p99_ms\":$p99,\"cpu_us_per_request\":$cpu_us,\"errors\":\"$errs\"}"
+        printf '  round %s %-8s %10s req/s  p50 %7s ms  p99 %7s ms  CPU %6s µs/request %s\n' "$round" "$t" "$rps" "$p50" "$p99" "$cpu_us" "$errs"
+    done
 done
+median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 
-half=$(awk -v r="${RPS[haproxy]}" 'BEGIN { printf "%d", r / 2 }')
+half=$(awk -v r="$(echo "${RPS[haproxy]}" | median)" 'BEGIN { printf "%d", r / 2 }')
 echo "A: open loop at half of HAProxy's maximum: $half requests/s"
 for t in direct weir nginx haproxy; do
     $LG "$OPENLOOP_BIN" "http://${ADDR[$t]}/" "$half" 2 >/dev/null   # warm-up
@@ -247,12 +258,33 @@ import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 print("# Benchmark results\n\n" + open(sys.argv[2]).read().strip() + "\n")
 def ratio(v, base): return f"{v / base:.2f}x" if base else "-"
-a = {r["target"]: r for r in rows if r["scenario"] == "A"}
-print("## A. closed loop, 64 connections\n\n| target | req/s | p50 ms | p99 ms | CPU µs/request | weir CPU ratio |\n|---|---|---|---|---|---|")
-for t, r in a.items():
-    cpu = r["cpu_us_per_request"]
-    wr = ratio(a["weir"]["cpu_us_per_request"], cpu) if t in ("nginx", "haproxy") and cpu else ""
-    print(f"| {t} | {r['rps']:.0f} | {r['p50_ms']} | {r['p99_ms']} | {cpu if cpu is not None else '-'} | {wr} |")
+import statistics
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+a_rows = [r for r in rows if r["scenario"] == "A"]
+targets = list(dict.fromkeys(r["target"] for r in a_rows))
+rounds = sorted({r.get("round", 1) for r in a_rows})
+by = {(r.get("round", 1), r["target"]): r for r in a_rows}
+print(f"## A. closed loop, 64 connections\n\nMedians of {len(rounds)} interleaved rounds (the order rotated each round).\n")
+print("| target | req/s | p50 ms | p99 ms | CPU µs/request |\n|---|---|---|---|---|")
+for t in targets:
+    rs = [r for r in a_rows if r["target"] == t]
+    print(f"| {t} | {med([r['rps'] for r in rs]):.0f} | {med([r['p50_ms'] for r in rs])} | {med([r['p99_ms'] for r in rs])} | {med([r['cpu_us_per_request'] for r in rs])} |")
+print("\nweir against each peer, round by round (CPU per request: below 1.00x is less than the peer; req/s: above 1.00x is more):\n")
+print("| round | weir CPU / nginx | weir CPU / HAProxy | weir req/s / nginx | weir req/s / HAProxy |\n|---|---|---|---|---|")
+ratios = {k: [] for k in ("cn", "ch", "rn", "rh")}
+for n in rounds:
+    w, ng, hp = by.get((n, "weir")), by.get((n, "nginx")), by.get((n, "haproxy"))
+    if not (w and ng and hp) or None in (w["cpu_us_per_request"], ng["cpu_us_per_request"], hp["cpu_us_per_request"]):
+        continue
+    row = {"cn": w["cpu_us_per_request"] / ng["cpu_us_per_request"], "ch": w["cpu_us_per_request"] / hp["cpu_us_per_request"],
+           "rn": w["rps"] / ng["rps"], "rh": w["rps"] / hp["rps"]}
+    for k, v in row.items():
+        ratios[k].append(v)
+    print(f"| {n} | {row['cn']:.2f}x | {row['ch']:.2f}x | {row['rn']:.2f}x | {row['rh']:.2f}x |")
+if ratios["cn"]:
+    print("| median | " + " | ".join(f"{med(ratios[k]):.2f}x" for k in ("cn", "ch", "rn", "rh")) + " |")
 cap = next((r["rps"] for r in rows if r["scenario"] == "B-capacity"), None)
 for scen, title in (("A-fixed", "A. open loop at half of HAProxy's maximum"), ("B", "B. overload, 4,000 req/s offered to 800 req/s of capacity")):
     print(f"\n## {title}\n")
