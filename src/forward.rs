@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use crate::admission::{Pool, Rejected};
 use crate::body::{RequestBody, RequestBodyError, ResponseBody};
 use crate::buffer::{BufferPool, Reservation};
-use crate::client::{BackendBody, Client, ClientError, ClientSettings};
+use crate::client::{BackendBody, Client, ClientError, ClientSettings, SetFields};
 use crate::config::{OversizedBody, Protocol, UpstreamConfig};
 use crate::error::{BoxError, ProxyError};
 use crate::stats::ListenerInfo;
@@ -147,8 +147,8 @@ impl Upstream {
             hook(&parts);
         }
         let deadline = Instant::now() + self.request_timeout;
-        let req = self.rewrite(parts, body, client)?;
-        let response = tokio::time::timeout_at(deadline, self.client.send(req))
+        let (req, forwarded) = self.rewrite(parts, body, client)?;
+        let response = tokio::time::timeout_at(deadline, self.client.send(req, forwarded.fields()))
             .await
             .map_err(|_| ProxyError::UpstreamTimeout)?
             .map_err(classify)?;
@@ -224,7 +224,7 @@ impl Upstream {
         mut parts: http::request::Parts,
         body: RequestBody,
         client: &ClientInfo,
-    ) -> Result<Request<RequestBody>, ProxyError> {
+    ) -> Result<(Request<RequestBody>, Forwarded), ProxyError> {
         if parts.method == Method::CONNECT {
             return Err(ProxyError::BadRequest("CONNECT is not supported"));
         }
@@ -244,11 +244,7 @@ impl Upstream {
                 None => None,
             },
         };
-        if let Some(host) = host {
-            headers.insert(X_FORWARDED_HOST.clone(), host);
-        }
-        append_forwarded_for(headers, &client.forwarded_for);
-        headers.insert(X_FORWARDED_PROTO.clone(), client.proto.clone());
+        let forwarded = Forwarded::new(headers, host, client);
 
         let settings = self.client.settings();
         parts.version = match settings.protocol {
@@ -288,7 +284,7 @@ impl Upstream {
                     .map_err(|_| ProxyError::BadRequest("invalid request target"))?,
             };
         }
-        Ok(Request::from_parts(parts, body))
+        Ok((Request::from_parts(parts, body), forwarded))
     }
 }
 
@@ -308,12 +304,41 @@ fn bufferable(parts: &http::response::Parts, response_buffer: u64) -> bool {
     response_buffer > 0 && !streaming && announced.is_none_or(|n| n <= response_buffer)
 }
 
-/// Appends the client's address to `X-Forwarded-For`, keeping what earlier proxies wrote.
-fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
+/// The `X-Forwarded-*` fields a request is forwarded with, in place of any the client sent
+/// (written by the backend client, see [`SetFields`]).
+pub struct Forwarded {
+    fields: [(&'static HeaderName, HeaderValue); 3],
+    len: usize,
+}
+
+impl Forwarded {
+    /// X-Forwarded-For: the client's list, if it sent one, then its address. X-Forwarded-Proto:
+    /// the scheme the client used. X-Forwarded-Host: the host it asked for, when it named one.
+    fn new(headers: &HeaderMap, host: Option<HeaderValue>, client: &ClientInfo) -> Forwarded {
+        let xff = (
+            &X_FORWARDED_FOR,
+            forwarded_for(headers, &client.forwarded_for),
+        );
+        let proto = (&X_FORWARDED_PROTO, client.proto.clone());
+        let len = if host.is_some() { 3 } else { 2 };
+        let host = host.unwrap_or_else(|| HeaderValue::from_static(""));
+        Forwarded {
+            fields: [xff, proto, (&X_FORWARDED_HOST, host)],
+            len,
+        }
+    }
+
+    pub fn fields(&self) -> SetFields<'_> {
+        &self.fields[..self.len]
+    }
+}
+
+/// `X-Forwarded-For` with the client's address appended to what earlier proxies wrote, folded
+/// into one field.
+fn forwarded_for(headers: &HeaderMap, client: &HeaderValue) -> HeaderValue {
     let mut prior = headers.get_all(&X_FORWARDED_FOR).iter().peekable();
     if prior.peek().is_none() {
-        headers.insert(X_FORWARDED_FOR.clone(), client.clone());
-        return;
+        return client.clone();
     }
     let mut joined = Vec::with_capacity(64);
     for value in prior {
@@ -321,11 +346,8 @@ fn append_forwarded_for(headers: &mut HeaderMap, client: &HeaderValue) {
         joined.extend_from_slice(b", ");
     }
     joined.extend_from_slice(client.as_bytes());
-    match HeaderValue::from_bytes(&joined) {
-        Ok(v) => headers.insert(X_FORWARDED_FOR.clone(), v),
-        // Earlier values were valid header bytes, so the join is too; keep at least ours.
-        Err(_) => headers.insert(X_FORWARDED_FOR.clone(), client.clone()),
-    };
+    // Earlier values were valid header bytes, so the join is too; keep at least ours.
+    HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client.clone())
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it names, plus the
@@ -447,18 +469,18 @@ mod tests {
 
     #[test]
     fn forwarded_for_appends() {
-        let mut h = HeaderMap::new();
+        let h = HeaderMap::new();
         let me = HeaderValue::from_static("10.0.0.9");
-        append_forwarded_for(&mut h, &me);
-        assert_eq!(h[&X_FORWARDED_FOR], "10.0.0.9");
+        assert_eq!(forwarded_for(&h, &me), "10.0.0.9");
         let mut h = HeaderMap::new();
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
         h.append(
             &X_FORWARDED_FOR,
             HeaderValue::from_static("2.2.2.2, 3.3.3.3"),
         );
-        append_forwarded_for(&mut h, &me);
-        assert_eq!(h[&X_FORWARDED_FOR], "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9");
-        assert_eq!(h.get_all(&X_FORWARDED_FOR).iter().count(), 1);
+        assert_eq!(
+            forwarded_for(&h, &me),
+            "1.1.1.1, 2.2.2.2, 3.3.3.3, 10.0.0.9"
+        );
     }
 }

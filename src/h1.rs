@@ -27,7 +27,7 @@ use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
 use crate::body::{RequestBody, RequestBodyError};
-use crate::client::Shared;
+use crate::client::{SetFields, Shared};
 
 /// Response heads (and trailer sections) larger than this are refused: 64 KiB, as nginx's
 /// largest default header buffers.
@@ -571,8 +571,9 @@ fn put_field(out: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
     out.extend_from_slice(b"\r\n");
 }
 
-/// Writes the request head into `out`, with the body's framing.
-fn encode_head(out: &mut BytesMut, parts: &request::Parts, framing: Framing) {
+/// Writes the request head into `out`: the request's own fields, except those `set` replaces,
+/// then `set`'s, then the body's framing.
+fn encode_head(out: &mut BytesMut, parts: &request::Parts, set: SetFields<'_>, framing: Framing) {
     out.clear();
     out.reserve(256);
     out.extend_from_slice(parts.method.as_str().as_bytes());
@@ -581,9 +582,14 @@ fn encode_head(out: &mut BytesMut, parts: &request::Parts, framing: Framing) {
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
-        if framing != Framing::None && name == header::CONTENT_LENGTH {
+        if framing != Framing::None && name == header::CONTENT_LENGTH
+            || set.iter().any(|(n, _)| *n == name)
+        {
             continue;
         }
+        put_field(out, name, value);
+    }
+    for (name, value) in set {
         put_field(out, name, value);
     }
     match framing {
@@ -606,12 +612,14 @@ fn idempotent(method: &Method) -> bool {
     )
 }
 
-/// Sends a request on `conn` and returns the response once its head has arrived. `pooled` says
+/// Sends a request on `conn`, its head with `set`'s fields, and returns the response once its
+/// head has arrived. `pooled` says
 /// the connection was idle in the pool (a retry on another one is then worth it); `home` is the
 /// pool the connection returns to when the exchange ends cleanly.
 pub(crate) async fn send(
     mut conn: Conn,
     parts: &request::Parts,
+    set: SetFields<'_>,
     body: RequestBody,
     pooled: bool,
     home: Weak<Shared>,
@@ -624,7 +632,7 @@ pub(crate) async fn send(
             None => Framing::Chunked,
         }
     };
-    encode_head(&mut conn.out, parts, framing);
+    encode_head(&mut conn.out, parts, set, framing);
     let mut upload = Upload {
         body,
         framing,
@@ -854,15 +862,37 @@ mod tests {
             .unwrap()
             .into_parts();
         let mut out = BytesMut::new();
-        encode_head(&mut out, &parts, Framing::Chunked);
+        encode_head(&mut out, &parts, &[], Framing::Chunked);
         assert_eq!(
             &out[..],
             b"POST /a?b HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
         );
-        encode_head(&mut out, &parts, Framing::None);
+        encode_head(&mut out, &parts, &[], Framing::None);
         assert_eq!(
             &out[..],
             b"POST /a?b HTTP/1.1\r\nhost: x\r\ncontent-length: 9\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn set_fields_replace_the_requests_own() {
+        static X_A: HeaderName = HeaderName::from_static("x-a");
+        let (parts, ()) = http::Request::get("/")
+            .header("x-a", "1")
+            .header("host", "x")
+            .header("x-a", "2")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let mut out = BytesMut::new();
+        let set = [
+            (&X_A, HeaderValue::from_static("3")),
+            (&header::VIA, HeaderValue::from_static("w")),
+        ];
+        encode_head(&mut out, &parts, &set, Framing::None);
+        assert_eq!(
+            &out[..],
+            b"GET / HTTP/1.1\r\nhost: x\r\nx-a: 3\r\nvia: w\r\n\r\n"
         );
     }
 

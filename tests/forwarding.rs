@@ -30,6 +30,7 @@ async fn hop_by_hop_headers_are_stripped_and_forwarded_headers_set() {
         .header("proxy-authorization", "Basic Zm9vOmJhcg==")
         .header("proxy-connection", "keep-alive")
         .header("x-forwarded-for", "203.0.113.7")
+        .header("x-forwarded-proto", "gopher")
         .header("x-kept", "yes")
         .body(Full::default())
         .unwrap();
@@ -44,6 +45,7 @@ async fn hop_by_hop_headers_are_stripped_and_forwarded_headers_set() {
         "trailer:",
         "proxy-authorization",
         "proxy-connection",
+        "gopher",
     ] {
         assert!(!seen.contains(gone), "{gone} reached the backend:\n{seen}");
     }
@@ -254,7 +256,8 @@ async fn h2c_clients_and_h2c_upstreams() {
     let backend = spawn_backend().await;
     let weir = spawn_weir(&format!(
         "{}[[upstream]]\nname = \"grpc\"\naddr = \"{}\"\nprotocol = \"h2c\"\n\
-         [[route]]\npath_prefix = \"/h2/\"\nupstream = \"grpc\"\n[[route]]\nupstream = \"app\"\n",
+         [[route]]\npath_prefix = \"/h2/\"\nupstream = \"grpc\"\n\
+         [[route]]\nhost = \"h2c.test\"\nupstream = \"grpc\"\n[[route]]\nupstream = \"app\"\n",
         upstream_toml(backend.addr, ""),
         backend.addr
     ))
@@ -267,6 +270,24 @@ async fn h2c_clients_and_h2c_upstreams() {
     // HTTP/1.1 from the client, h2c to the backend.
     let (status, _, _) = get(&client(), &weir.url("/h2/x")).await;
     assert_eq!(status, StatusCode::OK);
+    // The forwarded fields reach an h2c backend too, the client's X-Forwarded-For extended.
+    let req = Request::get(weir.url("/headers"))
+        .header("host", "h2c.test")
+        .header("x-forwarded-for", "203.0.113.7")
+        .header("x-forwarded-proto", "gopher")
+        .body(Full::default())
+        .unwrap();
+    let (status, _, body) = send(&client(), req).await;
+    assert_eq!(status, StatusCode::OK);
+    let seen = String::from_utf8(body.to_vec()).unwrap();
+    for kept in [
+        "x-forwarded-for: 203.0.113.7, 127.0.0.1\n",
+        "x-forwarded-proto: http\n",
+        "x-forwarded-host: h2c.test\n",
+    ] {
+        assert!(seen.contains(kept), "{kept:?} missing:\n{seen}");
+    }
+    assert!(!seen.contains("gopher"), "{seen}");
     assert_eq!(weir.upstream("grpc").pool().in_flight(), 0);
 }
 
