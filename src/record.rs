@@ -30,7 +30,8 @@ pub struct Record {
     queue_wait: Option<Duration>,
     bytes: u64,
     complete: bool,
-    line: Option<RequestLine>,
+    /// Boxed: a record moves with its response several times, and most runs log no lines.
+    line: Option<Box<RequestLine>>,
     metrics: bool,
 }
 
@@ -46,9 +47,11 @@ impl Record {
             queue_wait: None,
             bytes: 0,
             complete: false,
-            line: log.then(|| RequestLine {
-                method: method.clone(),
-                uri: uri.clone(),
+            line: log.then(|| {
+                Box::new(RequestLine {
+                    method: method.clone(),
+                    uri: uri.clone(),
+                })
             }),
             metrics,
         }
