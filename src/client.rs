@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::uri::Authority;
-use http::{Request, Response};
+use http::{Request, Response, request};
 use http_body::{Body, Frame, SizeHint};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -129,7 +129,7 @@ pub(crate) struct Shared {
 }
 
 struct Idle {
-    conn: h1::Conn,
+    conn: Box<h1::Conn>,
     since: Instant,
 }
 
@@ -158,18 +158,24 @@ impl Client {
         &self.shared.settings
     }
 
-    /// Sends `req` and waits for the response head. The request URI must already be in the form
-    /// the protocol wants (origin-form for HTTP/1.1).
+    /// Sends the request `parts` and `body` describe, and waits for the response head. The
+    /// request URI must already be in the form the protocol wants (origin-form for HTTP/1.1).
+    /// The head is borrowed, not moved: it is a few hundred bytes that HTTP/1.1 only reads
+    /// (h2c, which needs it whole, takes it and leaves an empty one).
     pub async fn send(
         &self,
-        req: Request<RequestBody>,
+        parts: &mut request::Parts,
+        body: RequestBody,
         set: SetFields<'_>,
     ) -> Result<Response<BackendBody>, ClientError> {
         match self.shared.settings.protocol {
-            Protocol::Http1 => self.send_h1(req, set).await,
-            // Boxed, like connecting below: a rarer path that would otherwise enlarge every
-            // request's future.
-            Protocol::H2c => Box::pin(self.send_h2(req, set)).await,
+            Protocol::Http1 => self.send_h1(parts, body, set).await,
+            Protocol::H2c => {
+                let parts = std::mem::replace(parts, Request::new(()).into_parts().0);
+                // Boxed, like connecting below: a rarer path that would otherwise enlarge every
+                // request's future.
+                Box::pin(self.send_h2(Request::from_parts(parts, body), set)).await
+            }
         }
     }
 
@@ -188,17 +194,17 @@ impl Client {
 
     async fn send_h1(
         &self,
-        req: Request<RequestBody>,
+        parts: &request::Parts,
+        mut body: RequestBody,
         set: SetFields<'_>,
     ) -> Result<Response<BackendBody>, ClientError> {
-        let (parts, mut body) = req.into_parts();
         loop {
             let (conn, pooled) = match self.shared.take_idle() {
                 Some(conn) => (conn, true),
                 None => (Box::pin(self.connect_h1()).await?, false),
             };
             let home = Arc::downgrade(&self.shared);
-            match h1::send(conn, &parts, set, body, pooled, home).await {
+            match h1::send(conn, parts, set, body, pooled, home).await {
                 Ok(response) => return Ok(response.map(BackendBody::H1)),
                 // A pooled connection the backend closed under us (its idle timeout, typically),
                 // with the request unsent or unanswered: try the next one, or a new one.
@@ -211,7 +217,7 @@ impl Client {
         }
     }
 
-    async fn connect_h1(&self) -> Result<h1::Conn, ClientError> {
+    async fn connect_h1(&self) -> Result<Box<h1::Conn>, ClientError> {
         let stream = self.shared.connect().await?;
         self.start_reaper();
         Ok(h1::Conn::new(stream))
@@ -277,7 +283,7 @@ where
 }
 
 impl Shared {
-    fn take_idle(&self) -> Option<h1::Conn> {
+    fn take_idle(&self) -> Option<Box<h1::Conn>> {
         let mut idle = lock(&self.idle);
         while let Some(c) = idle.pop() {
             if c.conn.is_open() {
@@ -288,7 +294,7 @@ impl Shared {
     }
 
     /// Takes back a connection whose exchange ended cleanly, if the pool has room.
-    pub(crate) fn put_back(&self, conn: h1::Conn) {
+    pub(crate) fn put_back(&self, conn: Box<h1::Conn>) {
         let mut idle = lock(&self.idle);
         if idle.len() < self.settings.max_idle {
             idle.push(Idle {

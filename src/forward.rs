@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme, Uri};
-use http::{Method, Request, Response, Version};
+use http::{Method, Response, Version};
 use tokio::time::Instant;
 
 use crate::admission::{Pool, Rejected};
@@ -131,7 +131,7 @@ impl Upstream {
     /// until the backend has sent its last byte; every error is returned for the caller to answer.
     pub async fn forward(
         &self,
-        parts: http::request::Parts,
+        mut parts: http::request::Parts,
         body: RequestBody,
         client: &ClientInfo,
         hook: Option<&RequestHook>,
@@ -147,8 +147,9 @@ impl Upstream {
             hook(&parts);
         }
         let deadline = Instant::now() + self.request_timeout;
-        let (req, forwarded) = self.rewrite(parts, body, client)?;
-        let response = tokio::time::timeout_at(deadline, self.client.send(req, forwarded.fields()))
+        let forwarded = self.rewrite(&mut parts, client)?;
+        let send = self.client.send(&mut parts, body, forwarded.fields());
+        let response = tokio::time::timeout_at(deadline, send)
             .await
             .map_err(|_| ProxyError::UpstreamTimeout)?
             .map_err(classify)?;
@@ -217,14 +218,14 @@ impl Upstream {
         }
     }
 
-    /// Turns the client's request into the backend's: origin URI on the backend's address,
-    /// hop-by-hop headers removed, `X-Forwarded-*` set, Host preserved.
+    /// Turns the client's request head into the backend's, in place: origin URI on the
+    /// backend's address, hop-by-hop headers removed, Host preserved. Returns the
+    /// `X-Forwarded-*` fields to send it with.
     fn rewrite(
         &self,
-        mut parts: http::request::Parts,
-        body: RequestBody,
+        parts: &mut http::request::Parts,
         client: &ClientInfo,
-    ) -> Result<(Request<RequestBody>, Forwarded), ProxyError> {
+    ) -> Result<Forwarded, ProxyError> {
         if parts.method == Method::CONNECT {
             return Err(ProxyError::BadRequest("CONNECT is not supported"));
         }
@@ -284,7 +285,7 @@ impl Upstream {
                     .map_err(|_| ProxyError::BadRequest("invalid request target"))?,
             };
         }
-        Ok((Request::from_parts(parts, body), forwarded))
+        Ok(forwarded)
     }
 }
 

@@ -101,17 +101,19 @@ pub(crate) struct Conn {
 }
 
 impl Conn {
-    pub(crate) fn new(io: TcpStream) -> Conn {
-        Conn {
+    /// Boxed: a connection passes from the pool to a request, into its response body and back
+    /// on every exchange, and the box moves as one pointer.
+    pub(crate) fn new(io: TcpStream) -> Box<Conn> {
+        Box::new(Conn {
             io,
             buf: BytesMut::new(),
             out: BytesMut::new(),
             read_size: READ_CHUNK,
-        }
+        })
     }
 
     /// Readies the connection to wait in the pool: buffers a large exchange grew are let go.
-    fn idle(mut self) -> Conn {
+    fn idle(mut self: Box<Self>) -> Box<Conn> {
         if self.buf.capacity() > IDLE_KEEP {
             self.buf = BytesMut::new();
         }
@@ -617,7 +619,7 @@ fn idempotent(method: &Method) -> bool {
 /// the connection was idle in the pool (a retry on another one is then worth it); `home` is the
 /// pool the connection returns to when the exchange ends cleanly.
 pub(crate) async fn send(
-    mut conn: Conn,
+    mut conn: Box<Conn>,
     parts: &request::Parts,
     set: SetFields<'_>,
     body: RequestBody,
@@ -703,7 +705,7 @@ pub(crate) async fn send(
 /// A response body read from the backend connection, which it owns until the end.
 pub struct Body {
     /// `None` once the body has ended (the connection went back to the pool, or was closed).
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     /// The rest of the request, when the backend answered before it was all sent.
     upload: Option<Upload>,
     decode: Decode,
