@@ -230,6 +230,30 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_is_woken_by_the_drain_then_by_the_abort() {
+        let drain = Drain::new();
+        let w = drain.watch();
+        let (asked_tx, asked) = tokio::sync::oneshot::channel();
+        let conn = tokio::spawn(async move {
+            let shutdown = move |_: Pin<&mut std::future::Pending<()>>| {
+                let _ = asked_tx.send(());
+            };
+            w.serve(std::future::pending::<()>(), shutdown).await
+        });
+        tokio::task::yield_now().await;
+        let mut draining = std::pin::pin!(drain.drain());
+        assert!(draining.as_mut().now_or_never().is_none());
+        asked.await.unwrap();
+        // Asking again changes nothing, and must not use up the connection's registration.
+        let mut again = std::pin::pin!(drain.drain());
+        assert!(again.as_mut().now_or_never().is_none());
+        tokio::task::yield_now().await;
+        drain.abort();
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), conn).await;
+        assert_eq!(ended.expect("the abort woke the connection").unwrap(), None);
+    }
+
+    #[tokio::test]
     async fn abort_ends_what_is_left() {
         let drain = Drain::new();
         let w = drain.watch();

@@ -135,6 +135,33 @@ async fn a_keep_alive_request_head_is_timed_too_and_idle_connections_are_closed(
     assert_eq!(counters.timeouts(ClientTimeout::Idle), 1);
 }
 
+#[tokio::test]
+async fn an_idle_deadline_later_than_the_head_deadline_is_kept() {
+    let backend = spawn_backend().await;
+    let weir = weir_with(
+        &backend,
+        "header_timeout = \"1s\"\nidle_timeout = \"2s\"",
+        "",
+    )
+    .await;
+    // The connection waits for its first byte under the head deadline, so the watchdog's timer
+    // is armed for it; after the request the connection is idle, with a later deadline the
+    // timer must move on to, not close the connection at the first.
+    let mut idle = TcpStream::connect(weir.addr).await.unwrap();
+    let info = weir.listener();
+    until("the connection served", || info.counters.active() == 1).await;
+    raw_ok(&mut idle).await;
+    let answered = std::time::Instant::now();
+    assert_eq!(read_until_closed(&mut idle).await, "");
+    let waited = answered.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1990),
+        "closed after {waited:?}"
+    );
+    assert_eq!(info.counters.timeouts(ClientTimeout::Idle), 1);
+    assert_eq!(info.counters.timeouts(ClientTimeout::Header), 0);
+}
+
 /// Sends the head and 10 of 100 announced body bytes, then nothing; returns weir's answer.
 async fn stalled_upload(weir: &Weir) -> String {
     let mut stream = TcpStream::connect(weir.addr).await.unwrap();
