@@ -4,8 +4,8 @@
 #
 # Scenarios (BENCHMARKS.md says what each means):
 #   A  tiny responses, HTTP/1.1 keep-alive, 64 connections, closed loop (wrk): requests/s, p50/p99,
-#      and the proxy's CPU time per request, in ROUNDS_A (default 3) interleaved rounds; then open
-#      loop at half of HAProxy's maximum.
+#      and the proxy's CPU time per request, over ROUNDS_A (default 8) interleaved rounds of
+#      A_SECONDS (default 3); then open loop at half of HAProxy's maximum.
 #   B  overload: backend capacity 16 x 20 ms (800 requests/s), offered 4,000 requests/s open loop.
 #   C  idle connections: IDLE_CONNS (default 9,500) idle keep-alive connections, resident memory
 #      per connection (HAProxy needs two descriptors per connection of its maxconn, and a file
@@ -160,31 +160,35 @@ to_ms() { awk -v v="$1" 'BEGIN { if (v ~ /us$/) printf "%.3f", v/1000; else if (
 echo "versions: $("$WEIR_BIN" --version), $(nginx -v 2>&1 | sed 's/.*: //'), $(haproxy -v | head -1 | awk '{print "haproxy/"$3}'), $(wrk --version 2>&1 | head -1 | awk '{print "wrk/"$2}')" | tee "$OUT/versions.txt"
 
 # ---- A: closed loop ----
-# ROUNDS_A interleaved rounds (default 3), each measuring every target once, the order rotated
-# each round: this machine drifts between slow and fast phases over tens of seconds, and a
-# single pass would charge a phase to whichever target it fell on. The tables quote each
-# target's median, and weir's ratios to its peers round by round, measured minutes apart at most.
-ROUNDS_A=${ROUNDS_A:-3}
-echo "A: closed loop, 64 connections, ${SECONDS_PER_RUN}s, $ROUNDS_A interleaved rounds"
+# ROUNDS_A short interleaved rounds (default 8 of A_SECONDS, default 3 s, each after a 1 s
+# warm-up), every target once per round, the order rotated: this machine drifts between slow
+# and fast phases over tens of seconds, and one long pass would charge a phase to whichever
+# target it fell on. CPU per request is the sum of CPU time over the sum of requests of all
+# rounds; the tables also give weir's ratio to each peer round by round.
+ROUNDS_A=${ROUNDS_A:-8}
+A_SECONDS=${A_SECONDS:-3}
+echo "A: closed loop, 64 connections, $ROUNDS_A interleaved rounds of ${A_SECONDS}s"
 declare -A RPS
 ORDER=(direct weir nginx haproxy)
+for t in "${ORDER[@]}"; do $LG wrk -t1 -c64 -d2s "http://${ADDR[$t]}/" >/dev/null; done   # warm-up
 for round in $(seq 1 "$ROUNDS_A"); do
     for i in 0 1 2 3; do
         t=${ORDER[$(((i + round - 1) % 4))]}
         url="http://${ADDR[$t]}/"
-        $LG wrk -t1 -c64 -d2s "$url" >/dev/null   # warm-up
+        $LG wrk -t1 -c64 -d1s "$url" >/dev/null   # warm-up
         pids=$(pids_of $t)
         c0=$(cpu_ticks $pids)
-        out=$($LG wrk -t1 -c64 -d"${SECONDS_PER_RUN}s" --latency "$url")
+        out=$($LG wrk -t1 -c64 -d"${A_SECONDS}s" --latency "$url")
         c1=$(cpu_ticks $pids)
         rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
         total=$(echo "$out" | awk '/requests in/ {print $1}')
         errs=$(echo "$out" | awk '/Non-2xx|Socket errors/ {s = s $0 " "} END {print s}')
         p50=$(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")
         p99=$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")
+        cpu_s=$(awk -v c=$((c1 - c0)) -v tick="$TICK" 'BEGIN { printf "%.2f", c / tick }')
         cpu_us=$(awk -v c=$((c1 - c0)) -v n="$total" -v tick="$TICK" 'BEGIN { if (n > 0 && c > 0) printf "%.2f", c / tick * 1e6 / n; else print "null" }')
         RPS[$t]="${RPS[$t]:-} $rps"
-        record "{\"scenario\":\"A\",\"round\":$round,\"target\":\"$t\",\"rps\":$rps,\"requests\":$total,\"p50_ms\":$p50,\"p99_ms\":$p99,\"cpu_us_per_request\":$cpu_us,\"errors\":\"$errs\"}"
+        record "{\"scenario\":\"A\",\"round\":$round,\"target\":\"$t\",\"seconds\":$A_SECONDS,\"rps\":$rps,\"requests\":$total,\"p50_ms\":$p50,\"p99_ms\":$p99,\"cpu_s\":$cpu_s,\"cpu_us_per_request\":$cpu_us,\"errors\":\"$errs\"}"
         printf '  round %s %-8s %10s req/s  p50 %7s ms  p99 %7s ms  CPU %6s µs/request %s\n' "$round" "$t" "$rps" "$p50" "$p99" "$cpu_us" "$errs"
     done
 done
@@ -266,12 +270,25 @@ a_rows = [r for r in rows if r["scenario"] == "A"]
 targets = list(dict.fromkeys(r["target"] for r in a_rows))
 rounds = sorted({r.get("round", 1) for r in a_rows})
 by = {(r.get("round", 1), r["target"]): r for r in a_rows}
-print(f"## A. closed loop, 64 connections\n\nMedians of {len(rounds)} interleaved rounds (the order rotated each round).\n")
-print("| target | req/s | p50 ms | p99 ms | CPU µs/request |\n|---|---|---|---|---|")
+def total_cpu(t):
+    rs = [r for r in a_rows if r["target"] == t]
+    n = sum(r["requests"] for r in rs)
+    c = sum(r.get("cpu_s") or 0 for r in rs)
+    return c * 1e6 / n if n and c else None
+def total_rps(t):
+    rs = [r for r in a_rows if r["target"] == t]
+    secs = sum(r.get("seconds", 0) for r in rs)
+    return sum(r["requests"] for r in rs) / secs if secs else med([r["rps"] for r in rs])
+print(f"## A. closed loop, 64 connections\n\n{len(rounds)} interleaved rounds, the order rotated each round. req/s and CPU per request over all rounds together; p50 and p99 the median of the rounds'.\n")
+print("| target | req/s | p50 ms | p99 ms | CPU µs/request | weir CPU ratio | weir req/s ratio |\n|---|---|---|---|---|---|---|")
+w_cpu, w_rps = total_cpu("weir"), total_rps("weir")
 for t in targets:
     rs = [r for r in a_rows if r["target"] == t]
-    print(f"| {t} | {med([r['rps'] for r in rs]):.0f} | {med([r['p50_ms'] for r in rs])} | {med([r['p99_ms'] for r in rs])} | {med([r['cpu_us_per_request'] for r in rs])} |")
-print("\nweir against each peer, round by round (CPU per request: below 1.00x is less than the peer; req/s: above 1.00x is more):\n")
+    cpu, rps = total_cpu(t), total_rps(t)
+    cr = f"{w_cpu / cpu:.2f}x" if t in ("nginx", "haproxy") and cpu and w_cpu else ""
+    rr = f"{w_rps / rps:.2f}x" if t in ("nginx", "haproxy") and rps else ""
+    print(f"| {t} | {rps:.0f} | {med([r['p50_ms'] for r in rs])} | {med([r['p99_ms'] for r in rs])} | {f'{cpu:.2f}' if cpu else '-'} | {cr} | {rr} |")
+print("\nweir against each peer, round by round (CPU per request: below 1.00x is less than the peer's; req/s: above 1.00x is more):\n")
 print("| round | weir CPU / nginx | weir CPU / HAProxy | weir req/s / nginx | weir req/s / HAProxy |\n|---|---|---|---|---|")
 ratios = {k: [] for k in ("cn", "ch", "rn", "rh")}
 for n in rounds:
