@@ -287,7 +287,7 @@ for t in targets:
     cpu, rps = total_cpu(t), total_rps(t)
     cr = f"{w_cpu / cpu:.2f}x" if t in ("nginx", "haproxy") and cpu and w_cpu else ""
     rr = f"{w_rps / rps:.2f}x" if t in ("nginx", "haproxy") and rps else ""
-    print(f"| {t} | {rps:.0f} | {med([r['p50_ms'] for r in rs])} | {med([r['p99_ms'] for r in rs])} | {f'{cpu:.2f}' if cpu else '-'} | {cr} | {rr} |")
+    print(f"| {t} | {rps:.0f} | {med([r['p50_ms'] for r in rs]):.3f} | {med([r['p99_ms'] for r in rs]):.3f} | {f'{cpu:.2f}' if cpu else '-'} | {cr} | {rr} |")
 print("\nweir against each peer, round by round (CPU per request: below 1.00x is less than the peer's; req/s: above 1.00x is more):\n")
 print("| round | weir CPU / nginx | weir CPU / HAProxy | weir req/s / nginx | weir req/s / HAProxy |\n|---|---|---|---|---|")
 ratios = {k: [] for k in ("cn", "ch", "rn", "rh")}
