@@ -32,7 +32,7 @@ use crate::lock;
 /// Header fields a request is sent with on top of its own, each replacing every field of that
 /// name the request carries (weir's `X-Forwarded-*`). Written straight into the request head on
 /// HTTP/1.1, where inserting them into the request's `HeaderMap` first would cost a hash and a
-/// probe each, and often the map's growth: a fifth of weir's user-space instructions per request.
+/// probe each, and often the map's growth: a sixth of weir's user-space instructions per request.
 pub type SetFields<'a> = &'a [(&'static HeaderName, HeaderValue)];
 
 /// Why a request never got a response head from the backend.

@@ -307,7 +307,7 @@ fn bufferable(parts: &http::response::Parts, response_buffer: u64) -> bool {
 
 /// The `X-Forwarded-*` fields a request is forwarded with, in place of any the client sent
 /// (written by the backend client, see [`SetFields`]).
-pub struct Forwarded {
+struct Forwarded {
     fields: [(&'static HeaderName, HeaderValue); 3],
     len: usize,
 }
@@ -329,7 +329,7 @@ impl Forwarded {
         }
     }
 
-    pub fn fields(&self) -> SetFields<'_> {
+    fn fields(&self) -> SetFields<'_> {
         &self.fields[..self.len]
     }
 }

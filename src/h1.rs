@@ -584,7 +584,7 @@ fn encode_head(out: &mut BytesMut, parts: &request::Parts, set: SetFields<'_>, f
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &parts.headers {
-        if framing != Framing::None && name == header::CONTENT_LENGTH
+        if (framing != Framing::None && name == header::CONTENT_LENGTH)
             || set.iter().any(|(n, _)| *n == name)
         {
             continue;

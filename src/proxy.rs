@@ -221,8 +221,12 @@ fn reject(
 /// otherwise share. hyper reserves room in that buffer for the next read while this request is
 /// in flight; with the buffer shared, that reserve allocates a fresh 8 KiB buffer on every
 /// request (a page-level allocation under the allocator's arena lock), and each value's
-/// reference count is an atomic operation. A few small copies cost less.
+/// reference count is an atomic operation. A few small copies cost less. (HTTP/2 requests
+/// come from hyper's HPACK decoder, not from a read buffer kept per connection: left as they are.)
 fn detach(parts: &mut http::request::Parts) {
+    if parts.version >= http::Version::HTTP_2 {
+        return;
+    }
     for value in parts.headers.values_mut() {
         if let Ok(mut copy) = HeaderValue::from_bytes(value.as_bytes()) {
             copy.set_sensitive(value.is_sensitive());
