@@ -375,12 +375,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
         }
         headers.remove(header::CONNECTION);
     }
-    let wants_trailers = headers.get_all(header::TE).iter().any(|v| {
-        v.to_str().is_ok_and(|t| {
-            t.split(',')
-                .any(|p| p.trim().eq_ignore_ascii_case("trailers"))
-        })
-    });
+    let wants_trailers = crate::h1::has_token(headers, header::TE, b"trailers");
     for name in HOP_BY_HOP {
         headers.remove(name);
     }

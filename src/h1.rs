@@ -404,18 +404,20 @@ fn body_framing(
 }
 
 fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let has = |token: &[u8]| {
-        headers.get_all(header::CONNECTION).iter().any(|v| {
-            v.as_bytes()
-                .split(|b| *b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-        })
-    };
     if version == Version::HTTP_10 {
-        has(b"keep-alive")
+        has_token(headers, header::CONNECTION, b"keep-alive")
     } else {
-        !has(b"close")
+        !has_token(headers, header::CONNECTION, b"close")
     }
+}
+
+/// Whether the comma-separated list in the `name` fields holds `token` (case-insensitive).
+pub(crate) fn has_token(headers: &HeaderMap, name: HeaderName, token: &[u8]) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    })
 }
 
 fn parse_decimal(digits: &[u8]) -> Option<u64> {

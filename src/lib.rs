@@ -13,7 +13,9 @@
 //! - [`body`]: the response body that holds the slot while the backend streams.
 //! - [`proxy`]: routing, and turning every outcome (panics included) into an answer.
 //! - [`error`]: request-path errors, their counters, and the single error -> status table.
-//! - [`client`]: the pooled keep-alive client to a backend, on hyper's connection API.
+//! - [`client`]: the pooled keep-alive client to a backend: pooled HTTP/1.1 connections, or one
+//!   shared h2c connection on hyper's client.
+//! - [`h1`]: weir's own HTTP/1.1 exchange on a backend connection, driven by the request's task.
 //! - [`edge`]: accept loop, connection cap, TLS handshake, per-connection hyper server.
 //! - [`drain`]: graceful drain of open connections, without a shared lock per poll.
 //! - [`watchdog`]: slow-client deadlines (head, idle, write) enforced on the connection's bytes.
