@@ -8,7 +8,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::ResponseBody;
@@ -62,8 +63,12 @@ pub struct Conn {
     pub client: ClientInfo,
     /// Requests whose response has not finished: non-zero means the connection is not idle.
     in_progress: AtomicUsize,
-    /// The connection task, woken when its last request finishes so [`GuardedIo`] starts the
-    /// idle deadline: hyper may have polled the socket for the last time while still busy.
+    /// When the last request finished, in nanoseconds from `opened`: where the idle deadline
+    /// counts from, however late [`GuardedIo`] notices.
+    finished: AtomicU64,
+    opened: Instant,
+    /// The connection task, when it asked to be woken as its last request finishes
+    /// ([`Conn::wake_when_idle`]).
     idle_waker: AtomicWaker,
 }
 
@@ -73,6 +78,8 @@ impl Conn {
             proxy,
             client,
             in_progress: AtomicUsize::new(0),
+            finished: AtomicU64::new(0),
+            opened: Instant::now(),
             idle_waker: AtomicWaker::new(),
         }
     }
@@ -81,9 +88,14 @@ impl Conn {
         self.in_progress.load(Ordering::Acquire)
     }
 
-    /// Asks to be woken when the connection becomes idle.
+    /// Asks to be woken when the connection becomes idle. Once: the wake-up takes the waker.
     pub fn wake_when_idle(&self, waker: &std::task::Waker) {
         self.idle_waker.register(waker);
+    }
+
+    /// When the last request finished (the connection's opening if none has).
+    pub fn finished_at(&self) -> Instant {
+        self.opened + Duration::from_nanos(self.finished.load(Ordering::Acquire))
     }
 }
 
@@ -100,8 +112,13 @@ impl InProgress {
 
 impl Drop for InProgress {
     fn drop(&mut self) {
-        if self.0.in_progress.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.idle_waker.wake();
+        let conn = &self.0;
+        // Stored before the count, which publishes it. (HTTP/2 streams that finish at once on
+        // two threads may leave the earlier time: off by microseconds.)
+        let nanos = u64::try_from(conn.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        conn.finished.store(nanos, Ordering::Relaxed);
+        if conn.in_progress.fetch_sub(1, Ordering::AcqRel) == 1 {
+            conn.idle_waker.wake();
         }
     }
 }

@@ -14,7 +14,8 @@
 //!
 //! Independently, a write that makes no progress for `write_timeout` fails the connection, which
 //! drops the response body and with it the upstream request and its slot.
-//! One timer serves every deadline; it is re-armed only when the deadline changes.
+//! One timer serves every deadline (and the busy check-in, see [`GuardedIo::check`]); it is
+//! re-armed only when the deadline changes.
 
 use std::future::Future;
 use std::io;
@@ -54,6 +55,8 @@ pin_project! {
         since: Instant,
         // Whether any byte of the current head has arrived.
         head_started: bool,
+        // Busy: whether the check-in has passed (see [`GuardedIo::check`]).
+        checked_in: bool,
         // When writes stopped making progress, if they have.
         write_stalled: Option<Instant>,
         // The deadline the timer is set to.
@@ -102,6 +105,7 @@ impl<S> GuardedIo<S> {
             phase: Phase::Head,
             since: now,
             head_started: false,
+            checked_in: false,
             write_stalled: None,
             armed: None,
             h2,
@@ -191,10 +195,14 @@ impl<S> GuardedIo<S> {
         let this = self.project();
         let busy = this.conn.in_progress() > 0;
         match (*this.phase, busy) {
-            (Phase::Head | Phase::Idle, true) => *this.phase = Phase::Busy,
+            (Phase::Head | Phase::Idle, true) => {
+                *this.phase = Phase::Busy;
+                *this.checked_in = false;
+            }
             (Phase::Busy, false) => {
                 *this.phase = Phase::Idle;
-                *this.since = Instant::now();
+                // Idle since the last response ended, not since this wrapper noticed.
+                *this.since = this.conn.finished_at();
                 *this.head_started = false;
             }
             _ => {}
@@ -205,13 +213,22 @@ impl<S> GuardedIo<S> {
 impl<S: AsyncWrite> GuardedIo<S> {
     /// Updates the phase from the requests in progress and checks the earliest deadline, arming
     /// the timer (and so this task's wake-up) for it.
+    ///
+    /// While busy, the server may have polled the socket for the last time before the response
+    /// ends, and then nothing would start the idle deadline. Rather than have every finished
+    /// request wake this task, the timer is armed for a *check-in* at `idle_timeout` after the
+    /// head started: the earliest the idle deadline could be. A request that ends before it costs
+    /// nothing; at the check-in, the phase is seen idle (and the deadline counted from the
+    /// request's end), or, still busy, the task asks [`Conn`] to wake it when the last request
+    /// finishes.
     fn check(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Option<Expired> {
         self.as_mut().sync_phase();
-        let this = self.project();
+        let this = self.as_mut().project();
         let limits = &this.conn.client.listener;
         let read_deadline = match this.phase {
             Phase::Head => Some(*this.since + limits.header_timeout),
             Phase::Idle => Some(*this.since + limits.idle_timeout),
+            Phase::Busy if !*this.checked_in => Some(*this.since + limits.idle_timeout),
             Phase::Busy => {
                 this.conn.wake_when_idle(cx.waker());
                 // The last request may have finished between the check and the registration.
@@ -236,10 +253,16 @@ impl<S: AsyncWrite> GuardedIo<S> {
         }
         Some(if write_deadline == Some(deadline) {
             Expired::Write
-        } else if *this.phase == Phase::Head {
-            Expired::Head
         } else {
-            Expired::Idle
+            match this.phase {
+                Phase::Head => Expired::Head,
+                Phase::Idle => Expired::Idle,
+                Phase::Busy => {
+                    // The check-in, with the request still in progress: from now on, wait for it.
+                    *this.checked_in = true;
+                    return self.check(cx);
+                }
+            }
         })
     }
 

@@ -40,10 +40,13 @@ async fn read_until_closed(stream: &mut TcpStream) -> String {
 
 /// Sends a GET on an open raw connection and expects a 200 back.
 async fn raw_ok(stream: &mut TcpStream) {
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nHost: app\r\n\r\n")
-        .await
-        .unwrap();
+    raw_get_ok(stream, "/").await
+}
+
+/// Sends a GET for `path` on an open raw connection and expects a 200 back.
+async fn raw_get_ok(stream: &mut TcpStream, path: &str) {
+    let head = format!("GET {path} HTTP/1.1\r\nHost: app\r\n\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
     let mut buf = [0u8; 1024];
     let n = within("a response", stream.read(&mut buf)).await.unwrap();
     assert!(
@@ -160,6 +163,19 @@ async fn an_idle_deadline_later_than_the_head_deadline_is_kept() {
     );
     assert_eq!(info.counters.timeouts(ClientTimeout::Idle), 1);
     assert_eq!(info.counters.timeouts(ClientTimeout::Header), 0);
+}
+
+#[tokio::test]
+async fn a_connection_idle_after_a_request_longer_than_idle_timeout_is_closed() {
+    let backend = spawn_backend().await;
+    let weir = weir_with(&backend, "idle_timeout = \"200ms\"", "").await;
+    // The request outlives the idle deadline's earliest moment: the connection is not idle
+    // then, and must still be closed once the response has ended and idle_timeout passed.
+    let mut stream = TcpStream::connect(weir.addr).await.unwrap();
+    raw_get_ok(&mut stream, "/sleep/600").await;
+    assert_eq!(read_until_closed(&mut stream).await, "");
+    let info = weir.listener();
+    assert_eq!(info.counters.timeouts(ClientTimeout::Idle), 1);
 }
 
 /// Sends the head and 10 of 100 announced body bytes, then nothing; returns weir's answer.
