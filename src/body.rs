@@ -55,8 +55,11 @@ pin_project! {
         reservation: Reservation,
         #[pin]
         inner: BackendBody,
+        deadline: Instant,
+        // The deadline's timer, made the first time the backend keeps the body waiting: most
+        // small bodies arrive with their head, and never need one.
         #[pin]
-        deadline: Sleep,
+        timer: Option<Sleep>,
         exchange: Option<Exchange>,
     }
 }
@@ -80,7 +83,7 @@ impl ResponseBody {
     }
 
     /// Streams `inner` under `deadline`, holding `permit` until the backend is done.
-    pub fn upstream(inner: BackendBody, permit: Permit, deadline: Sleep) -> ResponseBody {
+    pub fn upstream(inner: BackendBody, permit: Permit, deadline: Instant) -> ResponseBody {
         Self::upstream_after(
             VecDeque::new(),
             Reservation::default(),
@@ -96,7 +99,7 @@ impl ResponseBody {
         reservation: Reservation,
         inner: BackendBody,
         permit: Permit,
-        deadline: Sleep,
+        deadline: Instant,
     ) -> ResponseBody {
         // A body that is already complete (204, 304, HEAD, Content-Length: 0) may never be polled:
         // free the slot now (its connection is already back in the pool).
@@ -114,6 +117,7 @@ impl ResponseBody {
             reservation,
             inner,
             deadline,
+            timer: None,
             exchange,
         }))
     }
@@ -163,6 +167,7 @@ impl Body for ResponseBody {
                     prefix,
                     mut inner,
                     deadline,
+                    mut timer,
                     exchange,
                     ..
                 } = streaming.as_mut().project();
@@ -195,7 +200,12 @@ impl Body for ResponseBody {
                         }
                     });
                 }
-                ready!(deadline.poll(cx));
+                if timer.is_none() {
+                    timer.set(Some(tokio::time::sleep_until(*deadline)));
+                }
+                if let Some(timer) = timer.as_pin_mut() {
+                    ready!(timer.poll(cx));
+                }
                 Exchange::end(exchange, Some(UpstreamErrorKind::Timeout));
                 Poll::Ready(Some(Err(BodyError::Deadline)))
             }

@@ -159,7 +159,7 @@ impl Upstream {
             self.buffer_response(body, permit, deadline, buffers)
                 .await?
         } else {
-            ResponseBody::upstream(body, permit, tokio::time::sleep_until(deadline))
+            ResponseBody::upstream(body, permit, deadline)
         };
         Ok(Response::from_parts(parts, body))
     }
@@ -206,13 +206,12 @@ impl Upstream {
             let fits = buffers.grow(&mut reservation, len).is_ok();
             frames.push_back(frame);
             if size > self.response_buffer || !fits {
-                let sleep = tokio::time::sleep_until(deadline);
                 return Ok(ResponseBody::upstream_after(
                     frames,
                     reservation,
                     body,
                     permit,
-                    sleep,
+                    deadline,
                 ));
             }
         }

@@ -15,7 +15,7 @@
 //! Independently, a write that makes no progress for `write_timeout` fails the connection, which
 //! drops the response body and with it the upstream request and its slot.
 //! One timer serves every deadline (and the busy check-in, see [`GuardedIo::check`]); it is
-//! re-armed only when the deadline changes.
+//! re-armed only for an earlier deadline, or when it fires before the current one.
 
 use std::future::Future;
 use std::io;
@@ -243,13 +243,23 @@ impl<S: AsyncWrite> GuardedIo<S> {
             (Some(r), Some(w)) => r.min(w),
             (r, w) => r.or(w)?,
         };
+        // Re-armed only for an earlier deadline: the deadlines of a keep-alive connection move
+        // later with every request, and moving the timer takes the timer wheel's lock. A timer
+        // left on an earlier deadline fires early, and is then moved on to the current one.
         let timer = this.timer;
-        if *this.armed != Some(deadline) {
+        if this.armed.is_none_or(|armed| deadline < armed) {
             timer.as_mut().reset(deadline);
             *this.armed = Some(deadline);
         }
         if timer.as_mut().poll(cx).is_pending() {
             return None;
+        }
+        if *this.armed != Some(deadline) {
+            timer.as_mut().reset(deadline);
+            *this.armed = Some(deadline);
+            if timer.as_mut().poll(cx).is_pending() {
+                return None;
+            }
         }
         Some(if write_deadline == Some(deadline) {
             Expired::Write
