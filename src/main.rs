@@ -78,10 +78,7 @@ fn main() -> ExitCode {
     // Held until exit: dropping it flushes the log lines still queued.
     let _log = init_logging(&config.log);
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime_builder().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("weir: cannot start the runtime: {e}");
@@ -117,6 +114,16 @@ fn main() -> ExitCode {
             Ok(()) = signals.second => ExitCode::from(1),
         }
     })
+}
+
+/// The runtime for the cores this process may use. On one core, a single-threaded scheduler: a
+/// multi-threaded one would run its one worker beside the main thread, and pay for work stealing
+/// with no second core to steal for.
+fn runtime_builder() -> tokio::runtime::Builder {
+    match std::thread::available_parallelism() {
+        Ok(n) if n.get() == 1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
 }
 
 /// Logs to stdout through a background writer, so that no request waits on the terminal or the
