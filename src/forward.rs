@@ -293,6 +293,9 @@ impl Upstream {
 /// buffer holds (it would only take budget before streaming anyway). A response of unknown length
 /// is tried, and streams on once it outgrows the buffer.
 fn bufferable(parts: &http::response::Parts, response_buffer: u64) -> bool {
+    if response_buffer == 0 {
+        return false;
+    }
     let headers = &parts.headers;
     let streaming = headers.get(header::CONTENT_TYPE).is_some_and(|ct| {
         let ct = ct.as_bytes();
@@ -301,7 +304,7 @@ fn bufferable(parts: &http::response::Parts, response_buffer: u64) -> bool {
     let announced = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    response_buffer > 0 && !streaming && announced.is_none_or(|n| n <= response_buffer)
+    !streaming && announced.is_none_or(|n| n <= response_buffer)
 }
 
 /// The `X-Forwarded-*` fields a request is forwarded with, in place of any the client sent

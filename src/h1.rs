@@ -341,15 +341,17 @@ fn parse_head(buf: &mut BytesMut, to_head: bool) -> Result<Parsed, Error> {
     }
     let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("invalid status code"))?;
     let mut headers = HeaderMap::with_capacity(count);
+    let mut seen = Seen::default();
     for &(ns, ne, vs, ve) in &spans[..count] {
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
             .map_err(|_| Error::Invalid("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
             .map_err(|_| Error::Invalid("invalid header value"))?;
+        seen.note(&name);
         headers.append(name, value);
     }
-    let (decode, delimited) = body_framing(status, to_head, &headers)?;
-    let keep_alive = delimited && keeps_alive(version, &headers);
+    let (decode, delimited) = body_framing(status, to_head, &headers, seen)?;
+    let keep_alive = delimited && keeps_alive(version, &headers, seen);
     Ok(Parsed::Final(Head {
         status,
         version,
@@ -359,32 +361,64 @@ fn parse_head(buf: &mut BytesMut, to_head: bool) -> Result<Parsed, Error> {
     }))
 }
 
+/// Which of the fields that frame a response a head carries, noted while it is parsed: most
+/// heads have neither `Transfer-Encoding` nor `Connection`, and a look-up that finds nothing
+/// still hashes the name and probes the map.
+#[derive(Debug, Default, Clone, Copy)]
+struct Seen {
+    transfer_encoding: bool,
+    content_length: bool,
+    connection: bool,
+}
+
+impl Seen {
+    fn note(&mut self, name: &HeaderName) {
+        // Standard names compare as small integers.
+        if name == header::TRANSFER_ENCODING {
+            self.transfer_encoding = true;
+        } else if name == header::CONTENT_LENGTH {
+            self.content_length = true;
+        } else if name == header::CONNECTION {
+            self.connection = true;
+        }
+    }
+}
+
 /// How the body of a response is delimited, and whether its end leaves the connection usable.
 fn body_framing(
     status: StatusCode,
     to_head: bool,
     headers: &HeaderMap,
+    seen: Seen,
 ) -> Result<(Decode, bool), Error> {
     if to_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok((Decode::Length(0), true));
     }
-    if let Some(te) = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-    {
+    let te = seen
+        .transfer_encoding
+        .then(|| {
+            headers
+                .get_all(header::TRANSFER_ENCODING)
+                .iter()
+                .next_back()
+        })
+        .flatten();
+    if let Some(te) = te {
         let chunked = te
             .as_bytes()
             .rsplit(|b| *b == b',')
             .next()
             .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         // With a Content-Length too, the connection must close after (RFC 9112 §6.3).
-        let alone = !headers.contains_key(header::CONTENT_LENGTH);
+        let alone = !seen.content_length;
         return Ok(if chunked {
             (Decode::Chunked(Chunk::Size), alone)
         } else {
             (Decode::Eof, false)
         });
+    }
+    if !seen.content_length {
+        return Ok((Decode::Eof, false));
     }
     let mut length = None;
     for value in headers.get_all(header::CONTENT_LENGTH) {
@@ -403,11 +437,11 @@ fn body_framing(
     })
 }
 
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+fn keeps_alive(version: Version, headers: &HeaderMap, seen: Seen) -> bool {
     if version == Version::HTTP_10 {
-        has_token(headers, header::CONNECTION, b"keep-alive")
+        seen.connection && has_token(headers, header::CONNECTION, b"keep-alive")
     } else {
-        !has_token(headers, header::CONNECTION, b"close")
+        !seen.connection || !has_token(headers, header::CONNECTION, b"close")
     }
 }
 
@@ -831,6 +865,23 @@ mod tests {
         else {
             panic!("not a final head")
         };
+        assert!(!h.keep_alive);
+
+        let Ok(Parsed::Final(h)) =
+            head("HTTP/1.0 200 OK\r\ncontent-length: 2\r\nConnection: Keep-Alive\r\n\r\n")
+        else {
+            panic!("not a final head")
+        };
+        assert_eq!(h.decode, Decode::Length(2));
+        assert!(h.keep_alive);
+
+        // Chunked wins over a Content-Length, and the connection is not used again.
+        let Ok(Parsed::Final(h)) =
+            head("HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n")
+        else {
+            panic!("not a final head")
+        };
+        assert_eq!(h.decode, Decode::Chunked(Chunk::Size));
         assert!(!h.keep_alive);
 
         assert!(matches!(
