@@ -5,7 +5,8 @@
 # Scenarios (BENCHMARKS.md says what each means):
 #   A  tiny responses, HTTP/1.1 keep-alive, 64 connections, closed loop (wrk): requests/s, p50/p99,
 #      and the proxy's CPU time per request, over ROUNDS_A (default 8) interleaved rounds of
-#      A_SECONDS (default 3); then open loop at half of HAProxy's maximum.
+#      A_SECONDS (default 3); then open loop at half of HAProxy's maximum, over ROUNDS_F (default
+#      4) interleaved rounds of F_SECONDS (default 5).
 #   B  overload: backend capacity 16 x 20 ms (800 requests/s), offered 4,000 requests/s open loop.
 #   C  idle connections: IDLE_CONNS (default 9,500) idle keep-alive connections, resident memory
 #      per connection (HAProxy needs two descriptors per connection of its maxconn, and a file
@@ -194,13 +195,21 @@ for round in $(seq 1 "$ROUNDS_A"); do
 done
 median() { tr ' ' '\n' | grep . | sort -g | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 
+# The same at a fixed rate, in ROUNDS_F interleaved rounds (default 4 of F_SECONDS, default 5 s,
+# each after a 1 s warm-up), the order rotated: a p99 at this rate is set by a few milliseconds
+# of stall, and one pass per target charged the machine's slow phase to whichever it fell on.
+ROUNDS_F=${ROUNDS_F:-4}
+F_SECONDS=${F_SECONDS:-5}
 half=$(awk -v r="$(echo "${RPS[haproxy]}" | median)" 'BEGIN { printf "%d", r / 2 }')
-echo "A: open loop at half of HAProxy's maximum: $half requests/s"
-for t in direct weir nginx haproxy; do
-    $LG "$OPENLOOP_BIN" "http://${ADDR[$t]}/" "$half" 2 >/dev/null   # warm-up
-    line=$($LG "$OPENLOOP_BIN" "http://${ADDR[$t]}/" "$half" "$SECONDS_PER_RUN")
-    record "{\"scenario\":\"A-fixed\",\"target\":\"$t\",\"result\":$line}"
-    printf '  %-8s %s\n' "$t" "$line"
+echo "A: open loop at half of HAProxy's maximum: $half requests/s, $ROUNDS_F interleaved rounds of ${F_SECONDS}s"
+for round in $(seq 1 "$ROUNDS_F"); do
+    for i in 0 1 2 3; do
+        t=${ORDER[$(((i + round - 1) % 4))]}
+        $LG "$OPENLOOP_BIN" "http://${ADDR[$t]}/" "$half" 1 >/dev/null   # warm-up
+        line=$($LG "$OPENLOOP_BIN" "http://${ADDR[$t]}/" "$half" "$F_SECONDS")
+        record "{\"scenario\":\"A-fixed\",\"round\":$round,\"target\":\"$t\",\"result\":$line}"
+        printf '  round %s %-8s %s\n' "$round" "$t" "$line"
+    done
 done
 
 # ---- B: overload ----
@@ -307,13 +316,33 @@ for scen, title in (("A-fixed", "A. open loop at half of HAProxy's maximum"), ("
     print(f"\n## {title}\n")
     if scen == "B" and cap:
         print(f"Backend capacity measured in this run (16 clients, closed loop, direct): {cap:.0f} req/s.\n")
+    scen_rows = [r for r in rows if r["scenario"] == scen]
+    if scen == "A-fixed" and scen_rows:
+        print(f"{scen_rows[0]['result']['offered_rps']:.0f} requests/s, {len({r.get('round', 1) for r in scen_rows})} interleaved rounds, the order rotated each round. ", end="")
     print("Latencies from the scheduled send; the \"from send\" columns from the actual send; \"lag\": how late the generator itself sent (p99).\n")
     print("| target | 2xx | 503 | other | errors | goodput/s | of capacity | 2xx p50 ms | 2xx p99 ms | 503 p50 ms | 503 p99 ms | 2xx p99 from send | 503 p99 from send | lag p99 ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        if r["scenario"] == scen:
-            x = r["result"]
-            share = f"{100 * x['goodput_rps'] / cap:.1f}%" if scen == "B" and cap else "-"
-            print(f"| {r['target']} | {x['ok']} | {x['status_503']} | {x['other']} | {x['errors']} | {x['goodput_rps']} | {share} | {x['ok_p50_ms']} | {x['ok_p99_ms']} | {x['u503_p50_ms']} | {x['u503_p99_ms']} | {x['ok_p99_from_send_ms']} | {x['u503_p99_from_send_ms']} | {x['send_lag_p99_ms']} |")
+    for r in sorted(scen_rows, key=lambda r: (r.get("round", 0), ["direct", "weir", "nginx", "haproxy"].index(r["target"]))):
+        x = r["result"]
+        share = f"{100 * x['goodput_rps'] / cap:.1f}%" if scen == "B" and cap else "-"
+        name = f"{r['target']} (round {r['round']})" if "round" in r else r["target"]
+        print(f"| {name} | {x['ok']} | {x['status_503']} | {x['other']} | {x['errors']} | {x['goodput_rps']} | {share} | {x['ok_p50_ms']} | {x['ok_p99_ms']} | {x['u503_p50_ms']} | {x['u503_p99_ms']} | {x['ok_p99_from_send_ms']} | {x['u503_p99_from_send_ms']} | {x['send_lag_p99_ms']} |")
+    if scen == "A-fixed" and scen_rows:
+        f = {(r.get("round", 1), r["target"]): r["result"] for r in scen_rows}
+        print("\nweir's 2xx p99 against each peer's, round by round (below 1.00x is lower than the peer's):\n")
+        print("| round | weir / nginx | weir / HAProxy |\n|---|---|---|")
+        ratios_f = {"nginx": [], "haproxy": []}
+        for n in sorted({k[0] for k in f}):
+            w = f.get((n, "weir"))
+            cells = []
+            for peer in ("nginx", "haproxy"):
+                p = f.get((n, peer))
+                if w and p and p["ok_p99_ms"]:
+                    ratios_f[peer].append(w["ok_p99_ms"] / p["ok_p99_ms"])
+                    cells.append(f"{ratios_f[peer][-1]:.2f}x")
+                else:
+                    cells.append("-")
+            print(f"| {n} | " + " | ".join(cells) + " |")
+        print("| median | " + " | ".join(f"{med(ratios_f[p]):.2f}x" if ratios_f[p] else "-" for p in ("nginx", "haproxy")) + " |")
 c = [r for r in rows if r["scenario"] == "C"]
 if c:
     print("\n## C. idle keep-alive connections\n\n| target | connections | RSS before kB | RSS after kB | bytes per connection |\n|---|---|---|---|---|")
