@@ -33,25 +33,11 @@ if [ $# -eq 0 ]; then
     cargo build --release --locked --quiet --bin weir
     set -- target/release/weir
 fi
-BACKEND_BIN=$(cargo bench --locked --bench backend --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
-
+source bench/lib.sh
+BACKEND_BIN=$(bench_bin backend)
 BACKEND=127.0.0.1:19300
 WEIR=127.0.0.1:19301
-cat >"$OUT/weir.toml" <<EOF
-[admin]
-addr = "127.0.0.1:19302"
-[log]
-access = false
-[[listener]]
-name = "h1"
-addr = "$WEIR"
-[[upstream]]
-name = "a"
-addr = "$BACKEND"
-max_concurrency = 256
-max_queue = 1024
-EOF
-wait_port() { for _ in $(seq 1 300); do (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0; sleep 0.1; done; echo "nothing listens on $1" >&2; return 1; }
+single_upstream_config "$OUT/weir.toml" "$WEIR" "$BACKEND" 127.0.0.1:19302
 total_ir() { awk '/^(summary|totals):/ {print $2; exit}' "$1"; }
 
 taskset -c 0 "$BACKEND_BIN" "$BACKEND" 16 20 >"$OUT/backend.log" 2>&1 & PIDS+=($!)
@@ -61,7 +47,7 @@ for bin in "$@"; do
         taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.$n" \
             "$bin" --config "$OUT/weir.toml" >"$OUT/weir.log" 2>&1 & w=$!
         PIDS+=($w)
-        wait_port "$WEIR"
+        wait_port "$WEIR" 600   # valgrind starts slowly
         taskset -c 0 h2load --h1 -n "$n" -c "$CONNS" "http://$WEIR/" >"$OUT/h2load.log" 2>&1
         # SIGINT: weir drains and exits, and callgrind writes its counts.
         kill -INT "$w"

@@ -19,24 +19,11 @@ command -v perf >/dev/null && command -v wrk >/dev/null || {
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends linux-perf wrk >/dev/null
 }
 cargo build --release --locked --quiet --bin weir
-BACKEND_BIN=$(cargo bench --locked --bench backend --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)
+source bench/lib.sh
+BACKEND_BIN=$(bench_bin backend)
 BACKEND=127.0.0.1:19200
 WEIR=127.0.0.1:19201
-cat >"$OUT/weir.toml" <<CFG
-[admin]
-addr = "127.0.0.1:19902"
-[log]
-access = false
-[[listener]]
-name = "h1"
-addr = "$WEIR"
-[[upstream]]
-name = "a"
-addr = "$BACKEND"
-max_concurrency = 256
-max_queue = 1024
-CFG
-wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing listens on $1" >&2; return 1; }
+single_upstream_config "$OUT/weir.toml" "$WEIR" "$BACKEND" 127.0.0.1:19902
 taskset -c 0 "$BACKEND_BIN" "$BACKEND" 16 20 >"$OUT/backend.log" 2>&1 & PIDS+=($!)
 wait_port "$BACKEND"
 taskset -c 1 target/release/weir --config "$OUT/weir.toml" >"$OUT/weir.log" 2>&1 & WEIR_PID=$!; PIDS+=($WEIR_PID)

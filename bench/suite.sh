@@ -44,10 +44,10 @@ need
 
 echo "building (release)..."
 cargo build --release --locked --quiet --bin weir
-bin_of() { cargo bench --locked --bench "$1" --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1; }
-BACKEND_BIN=$(bin_of backend)
-OPENLOOP_BIN=$(bin_of openloop)
-IDLE_BIN=$(bin_of idle)
+source bench/lib.sh
+BACKEND_BIN=$(bench_bin backend)
+OPENLOOP_BIN=$(bench_bin openloop)
+IDLE_BIN=$(bench_bin idle)
 cargo bench --locked --bench tls --no-run --quiet 2>/dev/null
 IDLE_CONNS=${IDLE_CONNS:-9500}
 WEIR_BIN=target/release/weir
@@ -61,7 +61,6 @@ NGINX_H2=127.0.0.1:19012
 LG="taskset -c 0"      # load generator and backend
 PROXY="taskset -c 1"   # the proxy under test
 
-wait_port() { for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0; sleep 0.05; done; echo "nothing listens on $1" >&2; return 1; }
 cpu_ticks() { local t=0; for p in "$@"; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
 TICK=$(getconf CLK_TCK)
 

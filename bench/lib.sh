@@ -1,0 +1,30 @@
+# Helpers shared by the benchmark scripts; source it from the repository's root.
+
+# The executable of bench target NAME (built if needed).
+bench_bin() { cargo bench --locked --bench "$1" --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1; }
+
+# Waits until something accepts connections on HOST:PORT (up to TRIES x 0.05 s, default 200).
+wait_port() {
+    for _ in $(seq 1 "${2:-200}"); do (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0; sleep 0.05; done
+    echo "nothing listens on $1" >&2
+    return 1
+}
+
+# Writes to FILE a weir configuration with one HTTP/1 listener on WEIR in front of one backend on
+# BACKEND (256 slots, a queue of 1,024), its admin listener on ADMIN, and no access log.
+single_upstream_config() {
+    cat >"$1" <<CFG
+[admin]
+addr = "$4"
+[log]
+access = false
+[[listener]]
+name = "h1"
+addr = "$2"
+[[upstream]]
+name = "a"
+addr = "$3"
+max_concurrency = 256
+max_queue = 1024
+CFG
+}
