@@ -835,52 +835,40 @@ mod tests {
         parse_head(&mut BytesMut::from(raw), false)
     }
 
+    fn final_head(raw: &str) -> Head {
+        match head(raw) {
+            Ok(Parsed::Final(h)) => h,
+            _ => panic!("not a final head: {raw:?}"),
+        }
+    }
+
     #[test]
     fn response_heads_and_their_framing() {
-        let Ok(Parsed::Final(h)) =
-            head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-a: b\r\n\r\nhello")
-        else {
-            panic!("not a final head")
-        };
+        let h = final_head("HTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-a: b\r\n\r\nhello");
         assert_eq!(h.status, StatusCode::OK);
         assert_eq!(h.headers["x-a"], "b");
         assert_eq!(h.decode, Decode::Length(5));
         assert!(h.keep_alive);
 
-        let Ok(Parsed::Final(h)) =
-            head("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n")
-        else {
-            panic!("not a final head")
-        };
+        let h = final_head("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n");
         assert_eq!(h.decode, Decode::Chunked(Chunk::Size));
 
-        let Ok(Parsed::Final(h)) = head("HTTP/1.0 200 OK\r\n\r\n") else {
-            panic!("not a final head")
-        };
+        let h = final_head("HTTP/1.0 200 OK\r\n\r\n");
         assert_eq!(h.decode, Decode::Eof);
         assert!(!h.keep_alive);
 
-        let Ok(Parsed::Final(h)) =
-            head("HTTP/1.1 200 OK\r\nconnection: x, Close\r\ncontent-length: 0\r\n\r\n")
-        else {
-            panic!("not a final head")
-        };
+        let h = final_head("HTTP/1.1 200 OK\r\nconnection: x, Close\r\ncontent-length: 0\r\n\r\n");
         assert!(!h.keep_alive);
 
-        let Ok(Parsed::Final(h)) =
-            head("HTTP/1.0 200 OK\r\ncontent-length: 2\r\nConnection: Keep-Alive\r\n\r\n")
-        else {
-            panic!("not a final head")
-        };
+        let h =
+            final_head("HTTP/1.0 200 OK\r\ncontent-length: 2\r\nConnection: Keep-Alive\r\n\r\n");
         assert_eq!(h.decode, Decode::Length(2));
         assert!(h.keep_alive);
 
         // Chunked wins over a Content-Length, and the connection is not used again.
-        let Ok(Parsed::Final(h)) =
-            head("HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n")
-        else {
-            panic!("not a final head")
-        };
+        let h = final_head(
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+        );
         assert_eq!(h.decode, Decode::Chunked(Chunk::Size));
         assert!(!h.keep_alive);
 
