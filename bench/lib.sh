@@ -10,6 +10,17 @@ wait_port() {
     return 1
 }
 
+# Fails when something already listens on any of the HOST:PORTs: a process left over from an
+# earlier run would answer in place of the one this run starts, which could not bind.
+require_free_ports() {
+    for a in "$@"; do
+        if (exec 3<>"/dev/tcp/${a%:*}/${a#*:}") 2>/dev/null; then
+            echo "$a is in use: stop whatever listens on it (a run that was cut short?) and try again" >&2
+            return 1
+        fi
+    done
+}
+
 # Writes to FILE a weir configuration with one HTTP/1 listener on WEIR in front of one backend on
 # BACKEND (256 slots, a queue of 1,024), its admin listener on ADMIN, and no access log.
 single_upstream_config() {

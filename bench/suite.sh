@@ -144,6 +144,7 @@ backend b
 EOF
 
 # ---- processes ----
+require_free_ports "$BACKEND" "$WEIR" "$NGINX" "$HAPROXY" "$WEIR_H2" "$NGINX_H2" 127.0.0.1:19901
 $LG "$BACKEND_BIN" "$BACKEND" 16 20 >"$OUT/backend.log" 2>&1 & BACKEND_PID=$!; PIDS+=($BACKEND_PID)
 wait_port "$BACKEND"
 $PROXY "$WEIR_BIN" --config "$OUT/weir.toml" >"$OUT/weir.log" 2>&1 & WEIR_PID=$!; PIDS+=($WEIR_PID)
