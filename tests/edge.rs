@@ -170,10 +170,17 @@ async fn a_connection_idle_after_a_request_longer_than_idle_timeout_is_closed() 
     let backend = spawn_backend().await;
     let weir = weir_with(&backend, "idle_timeout = \"200ms\"", "").await;
     // The request outlives the idle deadline's earliest moment: the connection is not idle
-    // then, and must still be closed once the response has ended and idle_timeout passed.
+    // then, and must still be closed once the response has ended and idle_timeout passed,
+    // counted from the response's end (a lower bound, which load can only lengthen).
     let mut stream = TcpStream::connect(weir.addr).await.unwrap();
     raw_get_ok(&mut stream, "/sleep/600").await;
+    let answered = std::time::Instant::now();
     assert_eq!(read_until_closed(&mut stream).await, "");
+    let waited = answered.elapsed();
+    assert!(
+        waited >= Duration::from_millis(190),
+        "closed after {waited:?}"
+    );
     let info = weir.listener();
     assert_eq!(info.counters.timeouts(ClientTimeout::Idle), 1);
 }
