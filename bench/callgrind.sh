@@ -37,8 +37,7 @@ source bench/lib.sh
 BACKEND_BIN=$(bench_bin backend)
 BACKEND=127.0.0.1:19300
 WEIR=127.0.0.1:19301
-single_upstream_config "$OUT/weir.toml" "$WEIR" "$BACKEND" 127.0.0.1:19302
-require_free_ports "$BACKEND" "$WEIR" 127.0.0.1:19302
+single_upstream_run "$OUT/weir.toml" "$WEIR" "$BACKEND" 127.0.0.1:19302
 total_ir() { awk '/^(summary|totals):/ {print $2; exit}' "$1"; }
 
 taskset -c 0 "$BACKEND_BIN" "$BACKEND" 16 20 >"$OUT/backend.log" 2>&1 & PIDS+=($!)

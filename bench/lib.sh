@@ -39,3 +39,9 @@ max_concurrency = 256
 max_queue = 1024
 CFG
 }
+
+# Prepares a run of weir alone in front of one backend: FILE as above, and the three ports free.
+single_upstream_run() {
+    single_upstream_config "$@"
+    require_free_ports "$3" "$2" "$4"
+}

@@ -23,8 +23,7 @@ source bench/lib.sh
 BACKEND_BIN=$(bench_bin backend)
 BACKEND=127.0.0.1:19200
 WEIR=127.0.0.1:19201
-single_upstream_config "$OUT/weir.toml" "$WEIR" "$BACKEND" 127.0.0.1:19902
-require_free_ports "$BACKEND" "$WEIR" 127.0.0.1:19902
+single_upstream_run "$OUT/weir.toml" "$WEIR" "$BACKEND" 127.0.0.1:19902
 taskset -c 0 "$BACKEND_BIN" "$BACKEND" 16 20 >"$OUT/backend.log" 2>&1 & PIDS+=($!)
 wait_port "$BACKEND"
 taskset -c 1 target/release/weir --config "$OUT/weir.toml" >"$OUT/weir.log" 2>&1 & WEIR_PID=$!; PIDS+=($WEIR_PID)
