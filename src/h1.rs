@@ -394,16 +394,13 @@ fn body_framing(
     if to_head || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
         return Ok((Decode::Length(0), true));
     }
-    let te = seen
-        .transfer_encoding
-        .then(|| {
-            headers
-                .get_all(header::TRANSFER_ENCODING)
-                .iter()
-                .next_back()
-        })
-        .flatten();
-    if let Some(te) = te {
+    let last_te = || {
+        headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .next_back()
+    };
+    if let Some(te) = seen.transfer_encoding.then(last_te).flatten() {
         let chunked = te
             .as_bytes()
             .rsplit(|b| *b == b',')
@@ -651,9 +648,8 @@ fn idempotent(method: &Method) -> bool {
 }
 
 /// Sends a request on `conn`, its head with `set`'s fields, and returns the response once its
-/// head has arrived. `pooled` says
-/// the connection was idle in the pool (a retry on another one is then worth it); `home` is the
-/// pool the connection returns to when the exchange ends cleanly.
+/// head has arrived. `pooled` says the connection was idle in the pool (a retry on another one is
+/// then worth it); `home` is the pool the connection returns to when the exchange ends cleanly.
 pub(crate) async fn send(
     mut conn: Box<Conn>,
     parts: &request::Parts,

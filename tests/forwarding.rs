@@ -426,8 +426,8 @@ async fn a_deadline_while_buffering_the_response_answers_504() {
 
 /// A backend that reads request heads (bodies are not read) and answers each with what `answer`
 /// returns for (connection number from 1, request number on it from 1, request path), written
-/// as given, closing the connection after an HTTP/1.0 answer; `None` closes it without a word. Returns its address and a count of the
-/// connections it accepted.
+/// as given, closing the connection after an HTTP/1.0 answer; `None` closes it without a word.
+/// Returns its address and a count of the connections it accepted.
 async fn scripted_backend(
     answer: fn(usize, usize, &str) -> Option<&'static [u8]>,
 ) -> (
