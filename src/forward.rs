@@ -14,6 +14,7 @@ use crate::body::{RequestBody, RequestBodyError, ResponseBody};
 use crate::buffer::{BufferPool, Reservation};
 use crate::client::{BackendBody, Client, ClientError, ClientSettings, SetFields};
 use crate::config::{OversizedBody, Protocol, UpstreamConfig};
+use crate::deadline::{LentTimer, TimerSlot};
 use crate::error::{BoxError, ProxyError};
 use crate::stats::ListenerInfo;
 use http_body::Body as _;
@@ -25,7 +26,7 @@ use std::collections::VecDeque;
 pub type RequestHook = Arc<dyn Fn(&http::request::Parts) + Send + Sync>;
 
 /// What weir knows about the client connection a request came in on, rendered once per connection.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ClientInfo {
     /// The client's IP address as a header value, appended to `X-Forwarded-For`.
     pub forwarded_for: HeaderValue,
@@ -33,6 +34,8 @@ pub struct ClientInfo {
     pub proto: HeaderValue,
     /// The listener the connection came in on: its body limits and counters.
     pub listener: Arc<ListenerInfo>,
+    /// The connection's request deadline timer, lent to one request at a time.
+    pub timer: TimerSlot,
 }
 
 impl ClientInfo {
@@ -42,6 +45,7 @@ impl ClientInfo {
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             proto: HeaderValue::from_static(if tls { "https" } else { "http" }),
             listener,
+            timer: TimerSlot::default(),
         }
     }
 }
@@ -147,16 +151,18 @@ impl Upstream {
             hook(&parts);
         }
         let deadline = Instant::now() + self.request_timeout;
+        let mut timer = client.timer.lend(deadline);
         let forwarded = self.rewrite(&mut parts, client)?;
         let send = self.client.send(&mut parts, body, forwarded.fields());
-        let response = tokio::time::timeout_at(deadline, send)
+        let response = timer
+            .limit(send)
             .await
-            .map_err(|_| ProxyError::UpstreamTimeout)?
+            .ok_or(ProxyError::UpstreamTimeout)?
             .map_err(classify)?;
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let body = if bufferable(&parts, self.response_buffer) {
-            self.buffer_response(body, permit, deadline, buffers)
+            self.buffer_response(body, permit, deadline, &mut timer, buffers)
                 .await?
         } else {
             ResponseBody::upstream(body, permit, deadline)
@@ -175,6 +181,7 @@ impl Upstream {
         mut body: BackendBody,
         permit: crate::admission::Permit,
         deadline: Instant,
+        timer: &mut LentTimer<'_>,
         buffers: &BufferPool,
     ) -> Result<ResponseBody, ProxyError> {
         let mut frames = VecDeque::new();
@@ -184,9 +191,9 @@ impl Upstream {
             let frame = if body.is_end_stream() {
                 None
             } else {
-                match tokio::time::timeout_at(deadline, body.frame()).await {
-                    Err(_) => return Err(ProxyError::UpstreamTimeout),
-                    Ok(frame) => frame,
+                match timer.limit(body.frame()).await {
+                    None => return Err(ProxyError::UpstreamTimeout),
+                    Some(frame) => frame,
                 }
             };
             let frame = match frame {

@@ -10,6 +10,7 @@
 //! - [`admission`]: the per-upstream [`Pool`](admission::Pool) and its RAII
 //!   [`Permit`](admission::Permit).
 //! - [`forward`]: an [`Upstream`](forward::Upstream): pooled client, request rewrite, deadline.
+//! - [`deadline`]: the request deadline's timer, shared by a connection's requests in turn.
 //! - [`body`]: the response body that holds the slot while the backend streams.
 //! - [`proxy`]: routing, and turning every outcome (panics included) into an answer.
 //! - [`error`]: request-path errors, their counters, and the single error -> status table.
@@ -30,6 +31,7 @@ pub mod body;
 pub mod buffer;
 pub mod client;
 pub mod config;
+pub mod deadline;
 pub mod demo;
 pub mod drain;
 pub mod edge;
