@@ -304,7 +304,6 @@ enum Parsed {
 /// values are slices of the head, not copies.
 fn parse_head(buf: &mut BytesMut, to_head: bool) -> Result<Parsed, Error> {
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
-    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let mut res = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
         &mut res,
@@ -322,6 +321,16 @@ fn parse_head(buf: &mut BytesMut, to_head: bool) -> Result<Parsed, Error> {
     };
     let base = buf.as_ptr() as usize;
     let count = res.headers.len();
+    // Where each field lies in the head, kept past the parser's borrow of `buf`. Most heads
+    // have a few fields: a small array, not one zeroed for MAX_HEADERS.
+    let mut few = [(0u32, 0u32, 0u32, 0u32); 16];
+    let mut many = Vec::new();
+    let spans: &mut [_] = if count <= few.len() {
+        &mut few[..count]
+    } else {
+        many.resize(count, (0, 0, 0, 0));
+        &mut many
+    };
     for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
         let name = h.name.as_ptr() as usize - base;
         let value = h.value.as_ptr() as usize - base;
@@ -342,12 +351,12 @@ fn parse_head(buf: &mut BytesMut, to_head: bool) -> Result<Parsed, Error> {
     let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("invalid status code"))?;
     let mut headers = HeaderMap::with_capacity(count);
     let mut seen = Seen::default();
-    for &(ns, ne, vs, ve) in &spans[..count] {
+    for &(ns, ne, vs, ve) in &*spans {
         let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
             .map_err(|_| Error::Invalid("invalid header name"))?;
         let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
             .map_err(|_| Error::Invalid("invalid header value"))?;
-        seen.note(&name);
+        seen.note(&name, &value);
         headers.append(name, value);
     }
     let (decode, delimited) = body_framing(status, to_head, &headers, seen)?;
@@ -363,25 +372,44 @@ fn parse_head(buf: &mut BytesMut, to_head: bool) -> Result<Parsed, Error> {
 
 /// Which of the fields that frame a response a head carries, noted while it is parsed: most
 /// heads have neither `Transfer-Encoding` nor `Connection`, and a look-up that finds nothing
-/// still hashes the name and probes the map.
+/// still hashes the name and probes the map. Content-Length is read as it goes by.
 #[derive(Debug, Default, Clone, Copy)]
 struct Seen {
     transfer_encoding: bool,
-    content_length: bool,
+    /// The length all Content-Length fields agree on, or the first thing wrong with them.
+    content_length: Option<Result<u64, &'static str>>,
     connection: bool,
 }
 
 impl Seen {
-    fn note(&mut self, name: &HeaderName) {
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) {
         // Standard names compare as small integers.
         if name == header::TRANSFER_ENCODING {
             self.transfer_encoding = true;
         } else if name == header::CONTENT_LENGTH {
-            self.content_length = true;
+            self.content_length = Some(match self.content_length {
+                Some(Err(e)) => Err(e),
+                prior => content_length(prior.and_then(Result::ok), value.as_bytes()),
+            });
         } else if name == header::CONNECTION {
             self.connection = true;
         }
     }
+}
+
+/// One Content-Length field (a list of equal lengths, at worst) checked against the length
+/// the ones before it gave.
+fn content_length(prior: Option<u64>, value: &[u8]) -> Result<u64, &'static str> {
+    let mut length = prior;
+    for part in value.split(|b| *b == b',') {
+        let n = parse_decimal(part.trim_ascii()).ok_or("invalid Content-Length")?;
+        if length.is_some_and(|l| l != n) {
+            return Err("conflicting Content-Length values");
+        }
+        length = Some(n);
+    }
+    // `split` yields at least one part, so a length was parsed.
+    length.ok_or("invalid Content-Length")
 }
 
 /// How the body of a response is delimited, and whether its end leaves the connection usable.
@@ -407,29 +435,16 @@ fn body_framing(
             .next()
             .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         // With a Content-Length too, the connection must close after (RFC 9112 §6.3).
-        let alone = !seen.content_length;
+        let alone = seen.content_length.is_none();
         return Ok(if chunked {
             (Decode::Chunked(Chunk::Size), alone)
         } else {
             (Decode::Eof, false)
         });
     }
-    if !seen.content_length {
-        return Ok((Decode::Eof, false));
-    }
-    let mut length = None;
-    for value in headers.get_all(header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|b| *b == b',') {
-            let n =
-                parse_decimal(part.trim_ascii()).ok_or(Error::Invalid("invalid Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(Error::Invalid("conflicting Content-Length values"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(match length {
-        Some(n) => (Decode::Length(n), true),
+    Ok(match seen.content_length {
+        Some(Ok(n)) => (Decode::Length(n), true),
+        Some(Err(e)) => return Err(Error::Invalid(e)),
         None => (Decode::Eof, false),
     })
 }
@@ -877,6 +892,23 @@ mod tests {
             Ok(Parsed::Partial)
         ));
         assert!(head("HTTP/1.1 200 OK\r\ncontent-length: 1, 2\r\n\r\n").is_err());
+        // Equal lengths in several fields are one length; different ones are an error.
+        let h = final_head("HTTP/1.1 200 OK\r\ncontent-length: 4\r\ncontent-length: 4, 4\r\n\r\n");
+        assert_eq!(h.decode, Decode::Length(4));
+        assert!(head("HTTP/1.1 200 OK\r\ncontent-length: 4\r\ncontent-length: 5\r\n\r\n").is_err());
+        // A chunked body does not depend on the Content-Length, even a broken one.
+        let h = final_head(
+            "HTTP/1.1 200 OK\r\ncontent-length: x\r\ntransfer-encoding: chunked\r\n\r\n",
+        );
+        assert_eq!(h.decode, Decode::Chunked(Chunk::Size));
+        // A head with more fields than the parser's small span array.
+        let many: String = (0..40).map(|i| format!("x-{i}: v{i}\r\n")).collect();
+        let h = final_head(&format!(
+            "HTTP/1.1 200 OK\r\n{many}content-length: 0\r\n\r\n"
+        ));
+        assert_eq!(h.headers.len(), 41);
+        assert_eq!(h.headers["x-39"], "v39");
+        assert_eq!(h.decode, Decode::Length(0));
         assert!(head("HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\n").is_err());
         assert!(head("HTTP/1.1 101 Switching Protocols\r\n\r\n").is_err());
         assert!(head("this is not HTTP\r\n\r\n").is_err());
