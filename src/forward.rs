@@ -161,7 +161,7 @@ impl Upstream {
             .map_err(classify)?;
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let body = if bufferable(&parts, self.response_buffer) {
+        let body = if bufferable(&parts, &body, self.response_buffer) {
             self.buffer_response(body, permit, deadline, &mut timer, buffers)
                 .await?
         } else {
@@ -235,12 +235,18 @@ impl Upstream {
         if parts.method == Method::CONNECT {
             return Err(ProxyError::BadRequest("CONNECT is not supported"));
         }
-        let wants_trailers = strip_hop_by_hop(&mut parts.headers);
+        let scan = Scan::of(&parts.headers);
+        let wants_trailers = scan.hop_by_hop && strip_hop_by_hop(&mut parts.headers);
         let headers = &mut parts.headers;
+        // A header the client named in `Connection` is gone now, Host included.
+        let host = match scan.hop_by_hop {
+            false => scan.host,
+            true => headers.get(header::HOST).cloned(),
+        };
 
         // HTTP/2 clients (and HTTP/1 absolute-form requests) carry the host in the URI.
-        let host = match headers.get(header::HOST) {
-            Some(host) => Some(host.clone()),
+        let host = match host {
+            Some(host) => Some(host),
             None => match parts.uri.authority() {
                 Some(authority) => {
                     let host = HeaderValue::from_str(authority.as_str())
@@ -251,7 +257,7 @@ impl Upstream {
                 None => None,
             },
         };
-        let forwarded = Forwarded::new(headers, host, client);
+        let forwarded = Forwarded::new(headers, scan.forwarded_for, host, client);
 
         let settings = self.client.settings();
         parts.version = match settings.protocol {
@@ -299,19 +305,24 @@ impl Upstream {
 /// not an event stream or gRPC (delivered as they come), and it does not announce more than the
 /// buffer holds (it would only take budget before streaming anyway). A response of unknown length
 /// is tried, and streams on once it outgrows the buffer.
-fn bufferable(parts: &http::response::Parts, response_buffer: u64) -> bool {
+fn bufferable(parts: &http::response::Parts, body: &BackendBody, response_buffer: u64) -> bool {
     if response_buffer == 0 {
         return false;
     }
-    let headers = &parts.headers;
-    let streaming = headers.get(header::CONTENT_TYPE).is_some_and(|ct| {
+    // The announced length, as the body's framing took it from Content-Length.
+    if body
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n > response_buffer)
+    {
+        return false;
+    }
+    // One pass over a response's few fields costs less than a hashed look-up.
+    !parts.headers.iter().any(|(name, ct)| {
         let ct = ct.as_bytes();
-        ct.starts_with(b"text/event-stream") || ct.starts_with(b"application/grpc")
-    });
-    let announced = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    !streaming && announced.is_none_or(|n| n <= response_buffer)
+        name == header::CONTENT_TYPE
+            && (ct.starts_with(b"text/event-stream") || ct.starts_with(b"application/grpc"))
+    })
 }
 
 /// The `X-Forwarded-*` fields a request is forwarded with, in place of any the client sent
@@ -322,13 +333,19 @@ struct Forwarded {
 }
 
 impl Forwarded {
-    /// X-Forwarded-For: the client's list, if it sent one, then its address. X-Forwarded-Proto:
+    /// X-Forwarded-For: the client's list, if it sent one (`prior`), then its address. X-Forwarded-Proto:
     /// the scheme the client used. X-Forwarded-Host: the host it asked for, when it named one.
-    fn new(headers: &HeaderMap, host: Option<HeaderValue>, client: &ClientInfo) -> Forwarded {
-        let xff = (
-            &X_FORWARDED_FOR,
-            forwarded_for(headers, &client.forwarded_for),
-        );
+    fn new(
+        headers: &HeaderMap,
+        prior: bool,
+        host: Option<HeaderValue>,
+        client: &ClientInfo,
+    ) -> Forwarded {
+        let xff = match prior {
+            true => forwarded_for(headers, &client.forwarded_for),
+            false => client.forwarded_for.clone(),
+        };
+        let xff = (&X_FORWARDED_FOR, xff);
         let proto = (&X_FORWARDED_PROTO, client.proto.clone());
         let len = if host.is_some() { 3 } else { 2 };
         let host = host.unwrap_or_else(|| HeaderValue::from_static(""));
@@ -358,6 +375,36 @@ fn forwarded_for(headers: &HeaderMap, client: &HeaderValue) -> HeaderValue {
     joined.extend_from_slice(client.as_bytes());
     // Earlier values were valid header bytes, so the join is too; keep at least ours.
     HeaderValue::from_bytes(&joined).unwrap_or_else(|_| client.clone())
+}
+
+/// What one pass over a request's fields finds, for the rewrite: cheaper than a hashed look-up
+/// per field wanted (a request has a handful of fields).
+#[derive(Default)]
+struct Scan {
+    /// The first Host field.
+    host: Option<HeaderValue>,
+    /// The request carries `X-Forwarded-For`.
+    forwarded_for: bool,
+    /// The request carries a hop-by-hop field, to be removed.
+    hop_by_hop: bool,
+}
+
+impl Scan {
+    fn of(headers: &HeaderMap) -> Scan {
+        let mut scan = Scan::default();
+        for (name, value) in headers {
+            if name == header::HOST {
+                if scan.host.is_none() {
+                    scan.host = Some(value.clone());
+                }
+            } else if name == X_FORWARDED_FOR {
+                scan.forwarded_for = true;
+            } else if is_hop_by_hop(name) {
+                scan.hop_by_hop = true;
+            }
+        }
+        scan
+    }
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1): `Connection` and every header it names, plus the
@@ -470,6 +517,28 @@ mod tests {
         assert!(strip_hop_by_hop(&mut h));
         let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         assert_eq!(left, ["x-kept"]);
+    }
+
+    #[test]
+    fn one_pass_finds_host_forwarded_for_and_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        let scan = Scan::of(&h);
+        assert!(scan.host.is_none() && !scan.forwarded_for && !scan.hop_by_hop);
+        h.append(header::HOST, HeaderValue::from_static("a.test"));
+        h.append(header::HOST, HeaderValue::from_static("b.test"));
+        h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
+        h.insert("x-other", HeaderValue::from_static("1"));
+        let scan = Scan::of(&h);
+        assert_eq!(
+            scan.host.as_ref().map(HeaderValue::as_bytes),
+            Some(&b"a.test"[..])
+        );
+        assert!(scan.forwarded_for && !scan.hop_by_hop);
+        for name in [header::CONNECTION, header::TE, PROXY_CONNECTION.clone()] {
+            let mut h = h.clone();
+            h.insert(name, HeaderValue::from_static("x"));
+            assert!(Scan::of(&h).hop_by_hop);
+        }
     }
 
     #[test]
