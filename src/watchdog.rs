@@ -21,7 +21,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll, Waker, ready};
 
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -61,6 +61,9 @@ pin_project! {
         write_stalled: Option<Instant>,
         // The deadline the timer is set to.
         armed: Option<Instant>,
+        // The waker the timer holds for `armed`, when its last poll was pending: until the timer
+        // fires or moves, polling it again with the same waker would change nothing.
+        waiting: Option<Waker>,
         // HTTP/2 (from ALPN, or the connection preface): no 408, and frames that arrive while no
         // stream is open (pings, settings) do not start a head. `None` until known.
         h2: Option<bool>,
@@ -108,6 +111,7 @@ impl<S> GuardedIo<S> {
             checked_in: false,
             write_stalled: None,
             armed: None,
+            waiting: None,
             h2,
             sniffed: Sniffed::default(),
         }
@@ -250,14 +254,22 @@ impl<S: AsyncWrite> GuardedIo<S> {
         if this.armed.is_none_or(|armed| deadline < armed) {
             timer.as_mut().reset(deadline);
             *this.armed = Some(deadline);
+            *this.waiting = None;
         }
-        if timer.as_mut().poll(cx).is_pending() {
+        let waker = cx.waker();
+        if !timer.is_elapsed() && this.waiting.as_ref().is_some_and(|w| w.will_wake(waker)) {
             return None;
         }
+        if timer.as_mut().poll(cx).is_pending() {
+            *this.waiting = Some(waker.clone());
+            return None;
+        }
+        *this.waiting = None;
         if *this.armed != Some(deadline) {
             timer.as_mut().reset(deadline);
             *this.armed = Some(deadline);
             if timer.as_mut().poll(cx).is_pending() {
+                *this.waiting = Some(waker.clone());
                 return None;
             }
         }
