@@ -23,6 +23,7 @@
 //! - [`tls`]: PEM files -> rustls config, with certificate reload.
 //! - [`stats`]: per-listener limits and counters.
 //! - [`shutdown`]: SIGTERM/SIGINT handling.
+//! - [`logging`]: log output through a bounded queue, written by a task, not a thread.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -38,6 +39,7 @@ pub mod edge;
 pub mod error;
 pub mod forward;
 pub mod h1;
+pub mod logging;
 pub mod metrics;
 pub mod proxy;
 pub mod record;

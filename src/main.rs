@@ -9,6 +9,12 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use weir::config::{Config, LogConfig, LogFormat};
+use weir::logging::Logs;
+
+/// Log bytes queued at most while stdout does not take them; lines beyond are dropped.
+const LOG_QUEUE_BYTES: usize = 4 << 20;
+/// How long weir waits at exit for stdout to take the last log lines.
+const LOG_FLUSH_LIMIT: Duration = Duration::from_secs(1);
 
 /// jemalloc rather than the system allocator: it keeps no header beside each allocation, so a
 /// buffer that is reserved but never written (hyper's per-connection read buffer, mostly) costs no
@@ -75,8 +81,7 @@ fn main() -> ExitCode {
         println!("{}: configuration is valid", path.display());
         return ExitCode::SUCCESS;
     }
-    // Held until exit: dropping it flushes the log lines still queued.
-    let _log = init_logging(&config.log);
+    let logs = init_logging(&config.log);
 
     let runtime = match runtime_builder().enable_all().build() {
         Ok(rt) => rt,
@@ -85,7 +90,9 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    runtime.block_on(async move {
+    let drain = logs.clone();
+    let code = runtime.block_on(async move {
+        tokio::spawn(async move { drain.drain(std::io::stdout()).await });
         let signals = match weir::shutdown::on_signals() {
             Ok(s) => s,
             Err(e) => {
@@ -110,10 +117,13 @@ fn main() -> ExitCode {
                 tracing::info!("weir stopped");
                 ExitCode::SUCCESS
             }
-            // Returning (rather than exiting on the spot) lets the log writer flush.
+            // Returning (rather than exiting on the spot) lets the log lines still queued out.
             Ok(()) = signals.second => ExitCode::from(1),
         }
-    })
+    });
+    drop(runtime);
+    logs.flush(std::io::stdout(), LOG_FLUSH_LIMIT);
+    code
 }
 
 /// The runtime for the cores this process may use. On one core, a single-threaded scheduler: a
@@ -126,10 +136,11 @@ fn runtime_builder() -> tokio::runtime::Builder {
     }
 }
 
-/// Logs to stdout through a background writer, so that no request waits on the terminal or the
-/// log pipe (lines are dropped, not queued without bound, if stdout stalls). `RUST_LOG`, when set,
-/// overrides `[log] level`.
-fn init_logging(log: &LogConfig) -> tracing_appender::non_blocking::WorkerGuard {
+/// Logs to stdout through a bounded queue that a task on the runtime writes out (see
+/// `weir::logging`): no request waits on the terminal or the log pipe, and lines are dropped
+/// and counted, not queued without bound, if stdout stalls. `RUST_LOG`, when set, overrides
+/// `[log] level`.
+fn init_logging(log: &LogConfig) -> Logs {
     let mut filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
@@ -139,13 +150,13 @@ fn init_logging(log: &LogConfig) -> tracing_appender::non_blocking::WorkerGuard 
             filter = filter.add_directive(off);
         }
     }
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    let logs = Logs::new(LOG_QUEUE_BYTES);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer);
+        .with_writer(logs.clone());
     match log.format {
         LogFormat::Text => builder.with_ansi(std::io::stdout().is_terminal()).init(),
         LogFormat::Json => builder.json().flatten_event(true).init(),
     }
-    guard
+    logs
 }

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use tokio::runtime::{Handle, RuntimeFlavor};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::oneshot;
 
@@ -51,9 +52,16 @@ pub fn on_reload(reloader: crate::Reloader, path: PathBuf) -> std::io::Result<()
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             tracing::info!(signal = "SIGHUP", config = %path.display(), "reloading the configuration");
-            // Reading the file and loading certificates block briefly: keep them off the workers.
+            // Reading the file and loading certificates block briefly: keep them off the workers
+            // when there are several. A single-threaded runtime does it in place: a blocking-pool
+            // thread would make the process multi-threaded for good, and glibc's socket calls
+            // slower for it (see `logging`).
             let (r, p) = (reloader.clone(), path.clone());
-            match tokio::task::spawn_blocking(move || r.reload_file(&p)).await {
+            let reloaded = match Handle::current().runtime_flavor() {
+                RuntimeFlavor::CurrentThread => Ok(r.reload_file(&p)),
+                _ => tokio::task::spawn_blocking(move || r.reload_file(&p)).await,
+            };
+            match reloaded {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     tracing::error!(config = %path.display(), error = %e, "reload refused; weir keeps running on the configuration it had")

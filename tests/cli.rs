@@ -169,8 +169,13 @@ async fn start_weir_with(
 }
 
 async fn start_weir_text(text: &str) -> Running {
+    start_weir_in(tokio::process::Command::new(WEIR), text).await
+}
+
+/// Starts the binary as `command` (the binary, or a command that runs it) with a configuration.
+async fn start_weir_in(mut command: tokio::process::Command, text: &str) -> Running {
     let config = write_config(text);
-    let mut child = tokio::process::Command::new(WEIR)
+    let mut child = command
         .arg("--config")
         .arg(&config.0)
         .env("RUST_LOG", "info")
@@ -315,6 +320,34 @@ async fn sighup_reloads_the_certificate() {
     let status = within("weir to exit", weir.child.wait()).await.unwrap();
     assert_eq!(status.code(), Some(0));
     std::fs::remove_dir_all(&dir).ok();
+}
+
+#[tokio::test]
+async fn on_one_core_weir_keeps_to_one_thread_through_requests_reloads_and_logs() {
+    // A second thread would put glibc's socket calls on their slower multi-threaded path for
+    // good: neither logging nor a reload may start one.
+    let backend = spawn_backend().await;
+    let text = |keys: &str| config_text("", "", keys, backend.addr);
+    let mut one_core = tokio::process::Command::new("taskset");
+    one_core.args(["-c", "0", WEIR]);
+    let mut weir = start_weir_in(one_core, &text("max_concurrency = 3")).await;
+    let url = format!("http://{}/", weir.addr);
+    assert_eq!(get(&client(), &url).await.0, StatusCode::OK);
+    std::fs::write(&weir.config.0, text("max_concurrency = 5")).unwrap();
+    signal(&weir.child, "HUP");
+    wait_for_line(&mut weir, "configuration reloaded").await;
+    assert_eq!(scrape(weir.admin.parse().unwrap()).await.limit("app"), 5.0);
+    assert_eq!(get(&client(), &url).await.0, StatusCode::OK);
+    let pid = weir.child.id().expect("weir is running");
+    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count();
+    assert_eq!(threads, 1, "weir runs {threads} threads on one core");
+    // Its last lines still come out as it exits.
+    signal(&weir.child, "TERM");
+    wait_for_line(&mut weir, "weir stopped").await;
+    let status = within("weir to exit", weir.child.wait()).await.unwrap();
+    assert_eq!(status.code(), Some(0));
 }
 
 #[tokio::test]
