@@ -153,7 +153,8 @@ impl Upstream {
         let deadline = Instant::now() + self.request_timeout;
         let mut timer = client.timer.lend(deadline);
         let forwarded = self.rewrite(&mut parts, client)?;
-        let send = self.client.send(&mut parts, body, forwarded.fields());
+        // Pinned here: the limit holds a pointer to it, not a second copy of its state.
+        let send = std::pin::pin!(self.client.send(&mut parts, body, forwarded.fields()));
         let response = timer
             .limit(send)
             .await
