@@ -5,6 +5,10 @@
 //! exchange: the wheel fires it at the old time and tokio re-files it, unseen. An HTTP/1
 //! connection asks one request at a time, each with a later deadline than the last, so its
 //! requests share one timer. Requests that overlap (HTTP/2 streams) get their own.
+//!
+//! A timer back in its slot stays in the wheel until its last deadline, holding the waker of the
+//! last request that polled it: for HTTP/1 the connection's own task; for HTTP/2 a finished
+//! stream's task, whose memory it keeps until then (one per connection at most).
 
 use std::future::Future;
 use std::pin::{Pin, pin};

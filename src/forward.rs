@@ -240,9 +240,10 @@ impl Upstream {
         let wants_trailers = scan.hop_by_hop && strip_hop_by_hop(&mut parts.headers);
         let headers = &mut parts.headers;
         // A header the client named in `Connection` is gone now, Host included.
-        let host = match scan.hop_by_hop {
-            false => scan.host,
-            true => headers.get(header::HOST).cloned(),
+        let host = if scan.hop_by_hop {
+            headers.get(header::HOST).cloned()
+        } else {
+            scan.host
         };
 
         // HTTP/2 clients (and HTTP/1 absolute-form requests) carry the host in the URI.
@@ -334,17 +335,19 @@ struct Forwarded {
 }
 
 impl Forwarded {
-    /// X-Forwarded-For: the client's list, if it sent one (`prior`), then its address. X-Forwarded-Proto:
-    /// the scheme the client used. X-Forwarded-Host: the host it asked for, when it named one.
+    /// X-Forwarded-For: the client's list, if it sent one (`prior`), then its address.
+    /// X-Forwarded-Proto: the scheme the client used. X-Forwarded-Host: the host it asked for,
+    /// when it named one.
     fn new(
         headers: &HeaderMap,
         prior: bool,
         host: Option<HeaderValue>,
         client: &ClientInfo,
     ) -> Forwarded {
-        let xff = match prior {
-            true => forwarded_for(headers, &client.forwarded_for),
-            false => client.forwarded_for.clone(),
+        let xff = if prior {
+            forwarded_for(headers, &client.forwarded_for)
+        } else {
+            client.forwarded_for.clone()
         };
         let xff = (&X_FORWARDED_FOR, xff);
         let proto = (&X_FORWARDED_PROTO, client.proto.clone());
