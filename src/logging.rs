@@ -188,21 +188,28 @@ mod tests {
         format!("line {i:05} {}\n", "x".repeat(100))
     }
 
-    /// Runs `test` on a one-thread runtime of its own, failing (not hanging) if the runtime's
-    /// thread is blocked for good.
-    fn on_own_runtime(test: impl std::future::Future<Output = ()> + Send + 'static) {
+    /// Runs `test` on a thread of its own, failing (not hanging) if it never finishes.
+    fn bounded(test: impl FnOnce() + Send + 'static) {
         let (done, finished) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            test();
+            let _ = done.send(());
+        });
+        finished
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the test was blocked");
+    }
+
+    /// Runs `test` on a one-thread runtime of its own: were the runtime's thread blocked for
+    /// good, the test fails.
+    fn on_own_runtime(test: impl std::future::Future<Output = ()> + Send + 'static) {
+        bounded(|| {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
             rt.block_on(test);
-            let _ = done.send(());
         });
-        finished
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the test's runtime was blocked");
     }
 
     #[test]
@@ -289,6 +296,10 @@ mod tests {
 
     #[test]
     fn flush_writes_what_is_left_and_gives_up_on_a_full_output() {
+        bounded(flush_then_give_up);
+    }
+
+    fn flush_then_give_up() {
         let logs = Logs::new(1 << 20);
         let (out, mut reader) = UnixStream::pair().unwrap();
         logs.make_writer().write_all(b"last words\n").unwrap();
