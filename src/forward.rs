@@ -237,7 +237,7 @@ impl Upstream {
             return Err(ProxyError::BadRequest("CONNECT is not supported"));
         }
         let scan = Scan::of(&parts.headers);
-        let wants_trailers = scan.hop_by_hop && strip_hop_by_hop(&mut parts.headers);
+        let wants_trailers = scan.hop_by_hop && remove_hop_by_hop(&mut parts.headers);
         let headers = &mut parts.headers;
         // A header the client named in `Connection` is gone now, Host included.
         let host = if scan.hop_by_hop {
@@ -416,9 +416,11 @@ impl Scan {
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     // Most messages carry none of them: one pass over the names (standard names compare as
     // small integers) instead of a hashed removal per listed header.
-    if !headers.keys().any(is_hop_by_hop) {
-        return false;
-    }
+    headers.keys().any(is_hop_by_hop) && remove_hop_by_hop(headers)
+}
+
+/// The removal of [`strip_hop_by_hop`], for headers known to carry a hop-by-hop field.
+fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderValue> = headers
             .get_all(header::CONNECTION)
