@@ -256,20 +256,24 @@ impl<S: AsyncWrite> GuardedIo<S> {
             *this.armed = Some(deadline);
             *this.waiting = None;
         }
-        let waker = cx.waker();
-        if !timer.is_elapsed() && this.waiting.as_ref().is_some_and(|w| w.will_wake(waker)) {
+        let waiting = this.waiting;
+        if !timer.is_elapsed() && waiting.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
             return None;
         }
-        if timer.as_mut().poll(cx).is_pending() {
-            *this.waiting = Some(waker.clone());
+        // Pending: the timer now holds this task's waker.
+        let mut pending = |timer: &mut Pin<Box<Sleep>>| {
+            let pending = timer.as_mut().poll(cx).is_pending();
+            *waiting = pending.then(|| cx.waker().clone());
+            pending
+        };
+        if pending(timer) {
             return None;
         }
-        *this.waiting = None;
         if *this.armed != Some(deadline) {
+            // It fired for an earlier deadline than the current one: move it on.
             timer.as_mut().reset(deadline);
             *this.armed = Some(deadline);
-            if timer.as_mut().poll(cx).is_pending() {
-                *this.waiting = Some(waker.clone());
+            if pending(timer) {
                 return None;
             }
         }
