@@ -86,28 +86,41 @@ mod tests {
         Duration::from_secs(n)
     }
 
+    /// A request that finishes a second into its loan, leaving the timer in the wheel for
+    /// `deadline`.
+    async fn finishes_in_time(slot: &TimerSlot, deadline: Instant) {
+        let mut timer = slot.lend(deadline);
+        assert_eq!(timer.limit(tokio::time::sleep(secs(1))).await, Some(()));
+    }
+
+    /// A request whose backend never answers: cut off at its deadline (rounded up to the
+    /// timer's millisecond), neither sooner nor later.
+    async fn cut_off_at(slot: &TimerSlot, deadline: Instant) {
+        let mut timer = slot.lend(deadline);
+        assert_eq!(timer.limit(std::future::pending::<()>()).await, None);
+        let now = Instant::now();
+        let on_time = now
+            .checked_duration_since(deadline)
+            .is_some_and(|late| late < Duration::from_millis(1));
+        assert!(
+            on_time,
+            "cut off at {:?}, its deadline {:?}",
+            now.into_std(),
+            deadline.into_std()
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn fires_at_each_loans_own_deadline() {
         let slot = TimerSlot::default();
         let start = Instant::now();
-        let never = std::future::pending::<()>;
-        // A request that finishes in time leaves the timer registered for its deadline (10 s).
-        let mut timer = slot.lend(start + secs(10));
-        assert_eq!(timer.limit(tokio::time::sleep(secs(1))).await, Some(()));
-        drop(timer);
+        finishes_in_time(&slot, start + secs(10)).await;
         // The next, with a later deadline, is not cut short at the earlier one...
-        let mut timer = slot.lend(start + secs(30));
-        assert_eq!(timer.limit(never()).await, None);
-        assert_eq!(start.elapsed().as_secs(), 30);
-        drop(timer);
-        // ...and after one that left the timer registered for 90 s, an earlier deadline (36 s)
-        // does not wait for it.
-        let mut timer = slot.lend(start + secs(90));
-        assert_eq!(timer.limit(tokio::time::sleep(secs(1))).await, Some(()));
-        drop(timer);
-        let mut timer = slot.lend(start + secs(36));
-        assert_eq!(timer.limit(never()).await, None);
-        assert_eq!(start.elapsed().as_secs(), 36);
+        cut_off_at(&slot, start + secs(30)).await;
+        // ...and after one that left the timer in the wheel for 90 s, an earlier deadline
+        // (36 s) does not wait for it.
+        finishes_in_time(&slot, start + secs(90)).await;
+        cut_off_at(&slot, start + secs(36)).await;
     }
 
     #[tokio::test(start_paused = true)]
