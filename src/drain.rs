@@ -12,7 +12,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use futures_util::task::AtomicWaker;
 use pin_project_lite::pin_project;
@@ -102,13 +102,34 @@ impl Drain {
 }
 
 impl Watch {
-    /// The current phase; registers the calling task to be woken when it changes.
-    pub fn poll_phase(&self, cx: &mut Context<'_>) -> Phase {
-        self.waker.register(cx.waker());
-        match self.inner.phase.load(Ordering::Acquire) {
-            0 => Phase::Serving,
-            1 => Phase::Draining,
-            _ => Phase::Abort,
+    /// The current phase; the calling task is woken when it changes. `registered` is the
+    /// caller's note of the waker it left in the slot. While serving, a waker already there is
+    /// not registered again, which would cost two atomic read-modify-writes per poll: only a
+    /// phase change takes it out, and the change is seen on the poll its wake-up causes. From the
+    /// first change on, every poll registers.
+    fn poll_phase(&self, cx: &mut Context<'_>, registered: &mut Option<Waker>) -> Phase {
+        let kept = registered.as_ref().is_some_and(|w| w.will_wake(cx.waker()));
+        if !kept {
+            self.waker.register(cx.waker());
+        }
+        let mut phase = self.inner.phase.load(Ordering::Acquire);
+        if phase == 0 {
+            if !kept {
+                *registered = Some(cx.waker().clone());
+            }
+            return Phase::Serving;
+        }
+        *registered = None;
+        if kept {
+            // The change took the waker out: register it for the next change, then read the
+            // phase again, so that a change in between is not missed.
+            self.waker.register(cx.waker());
+            phase = self.inner.phase.load(Ordering::Acquire);
+        }
+        if phase == 1 {
+            Phase::Draining
+        } else {
+            Phase::Abort
         }
     }
 
@@ -141,6 +162,7 @@ impl Watch {
             fut,
             stop,
             on_drain,
+            registered: None,
         }
     }
 }
@@ -157,6 +179,8 @@ pin_project! {
         stop: Phase,
         // Called once, when the drain begins.
         on_drain: Option<F>,
+        // The waker this future left in the watch's slot (see `Watch::poll_phase`).
+        registered: Option<Waker>,
     }
 }
 
@@ -165,7 +189,7 @@ impl<C: Future, F: FnOnce(Pin<&mut C>)> Future for Watched<'_, C, F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let phase = this.watch.poll_phase(cx);
+        let phase = this.watch.poll_phase(cx, this.registered);
         if phase >= *this.stop {
             return Poll::Ready(None);
         }
