@@ -121,15 +121,16 @@ impl Proxy {
             self.access_log,
             self.request_metrics,
         );
+        let started = record.started();
         let Some(upstream) = self.table.load().route(&req).cloned() else {
-            return reject(ProxyError::NoRoute, None, record);
+            return reject(ProxyError::NoRoute, record);
         };
         // From here, dropping `record` before an answer exists counts `client_gone`.
-        record.set_upstream(Arc::clone(&upstream));
+        let (upstream, queue_wait) = record.route_to(upstream);
         let (parts, body) = req.into_parts();
         let outcome = AssertUnwindSafe(async {
-            let body = RequestBody::new(body, &client.listener, record.started());
-            let body = self.prepare_body(&upstream, &parts, body, client).await?;
+            let body = RequestBody::new(body, &client.listener, started);
+            let body = self.prepare_body(upstream, &parts, body, client).await?;
             upstream
                 .forward(
                     parts,
@@ -137,7 +138,7 @@ impl Proxy {
                     client,
                     self.hook.as_ref(),
                     &self.buffers,
-                    record.queue_wait_mut(),
+                    queue_wait,
                 )
                 .await
         })
@@ -149,7 +150,8 @@ impl Proxy {
                 return (response, record);
             }
             Ok(Err(err)) => {
-                tracing::debug!(upstream = %upstream.name, error = %err, "request failed");
+                let upstream = record.upstream().map_or("-", |u| u.name.as_str());
+                tracing::debug!(upstream, error = %err, "request failed");
                 err
             }
             Err(panic) => {
@@ -158,11 +160,12 @@ impl Proxy {
                     .copied()
                     .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
                     .unwrap_or("non-string panic payload");
-                tracing::error!(upstream = %upstream.name, panic = what, "request handler panicked");
+                let upstream = record.upstream().map_or("-", |u| u.name.as_str());
+                tracing::error!(upstream, panic = what, "request handler panicked");
                 ProxyError::Internal
             }
         };
-        reject(err, Some(&upstream), record)
+        reject(err, record)
     }
 
     /// Applies the body limits that can be decided before admission, and reads a body that fits
@@ -201,13 +204,10 @@ impl Proxy {
     }
 }
 
-/// Answers `err` (counted on `upstream`, when the request has one) and notes it in `record`.
-fn reject(
-    err: ProxyError,
-    upstream: Option<&Upstream>,
-    mut record: Record,
-) -> (Response<ResponseBody>, Record) {
+/// Answers `err` (counted on the request's upstream, when it has one) and notes it in `record`.
+fn reject(err: ProxyError, mut record: Record) -> (Response<ResponseBody>, Record) {
     let reason = err.reason();
+    let upstream = record.upstream();
     let response = err.into_response(
         upstream.map(|u| u.pool().counters()),
         upstream.map(Upstream::retry_after),

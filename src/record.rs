@@ -63,19 +63,22 @@ impl Record {
         self.start
     }
 
-    pub fn set_upstream(&mut self, upstream: Arc<Upstream>) {
-        self.upstream = Some(upstream);
+    /// Notes the upstream the request goes to. Returns it, with the place where the request's
+    /// queue wait is written once it is admitted, for the forwarding to borrow: the record holds
+    /// the request's one reference to the upstream.
+    pub fn route_to(&mut self, upstream: Arc<Upstream>) -> (&Upstream, &mut Option<Duration>) {
+        (self.upstream.insert(upstream), &mut self.queue_wait)
+    }
+
+    /// The upstream the request was routed to, if any.
+    pub fn upstream(&self) -> Option<&Upstream> {
+        self.upstream.as_deref()
     }
 
     /// The answer's status, and the reason when weir answered instead of the backend.
     pub fn answered(&mut self, status: StatusCode, reason: Option<Reason>) {
         self.status = Some(status);
         self.reason = reason;
-    }
-
-    /// Where the request's queue wait is written once it is admitted.
-    pub fn queue_wait_mut(&mut self) -> &mut Option<Duration> {
-        &mut self.queue_wait
     }
 
     /// Counts body bytes sent to the client.
