@@ -1,40 +1,111 @@
-//! The request deadline's timer, kept by the connection and lent to its requests in turn.
+//! Deadline timers that cost a request no atomic operation, and the request deadline's timer,
+//! kept by the connection and lent to its requests in turn.
 //!
-//! Registering a fresh timer in tokio's wheel and removing it again costs a request hundreds of
-//! instructions. A timer that stays registered is moved to a *later* deadline with one atomic
-//! exchange: the wheel fires it at the old time and tokio re-files it, unseen. An HTTP/1
-//! connection asks one request at a time, each with a later deadline than the last, so its
-//! requests share one timer. Requests that overlap (HTTP/2 streams) get their own.
+//! A fresh tokio timer is registered in the timer wheel and removed again, hundreds of
+//! instructions; moving one to a new deadline takes atomic operations, and each poll registers
+//! the task's waker with two more. A [`LazyTimer`] is moved only to an *earlier* deadline: the
+//! deadlines of a keep-alive connection move later with every request, so the timer stays set
+//! for an earlier one, fires there, and is then moved on to the current one. Until it fires,
+//! polling it again with the waker it holds is skipped.
+//!
+//! An HTTP/1 connection asks one request at a time, so its requests share one timer
+//! ([`TimerSlot`]). Requests that overlap (HTTP/2 streams) get their own.
 //!
 //! A timer back in its slot stays in the wheel until its last deadline, holding the waker of the
-//! last request that polled it: for HTTP/1 the connection's own task; for HTTP/2 a finished
-//! stream's task, whose memory it keeps until then (one per connection at most).
+//! last request that polled it: for HTTP/1 the connection's own task, which it may wake once for
+//! nothing; for HTTP/2 a finished stream's task, whose memory it keeps until then (one per
+//! connection at most).
 
 use std::future::Future;
 use std::pin::{Pin, pin};
 use std::sync::Mutex;
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 
 use tokio::time::{Instant, Sleep};
 
-/// A connection's spare deadline timer.
+/// A tokio timer re-armed only when a deadline is earlier than the one it is set for, or when it
+/// fires before the deadline asked for. See the module docs.
+#[derive(Debug)]
+pub struct LazyTimer {
+    sleep: Pin<Box<Sleep>>,
+    /// The deadline the timer is set for, once one was asked.
+    armed: Option<Instant>,
+    /// The waker the timer holds for `armed`, when its last poll was pending: until the timer
+    /// fires or moves, polling it again with the same waker would change nothing.
+    waiting: Option<Waker>,
+}
+
+impl LazyTimer {
+    /// A timer for `deadline`, not yet registered: that happens on its first poll.
+    pub fn new(deadline: Instant) -> LazyTimer {
+        LazyTimer {
+            sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            armed: Some(deadline),
+            waiting: None,
+        }
+    }
+
+    /// A timer set for no deadline yet.
+    pub fn unarmed() -> LazyTimer {
+        LazyTimer {
+            armed: None,
+            ..LazyTimer::new(Instant::now())
+        }
+    }
+
+    /// `Ready` once `deadline` has passed. Otherwise the task is woken by then: at `deadline`,
+    /// or at an earlier deadline the timer was left at (a wake-up that finds nothing to do).
+    pub fn poll_until(&mut self, deadline: Instant, cx: &mut Context<'_>) -> Poll<()> {
+        if self.armed.is_none_or(|armed| deadline < armed) {
+            self.arm(deadline);
+        }
+        if !self.sleep.is_elapsed()
+            && self
+                .waiting
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            return Poll::Pending;
+        }
+        if self.poll_sleep(cx).is_pending() {
+            return Poll::Pending;
+        }
+        if self.armed != Some(deadline) {
+            // It fired for an earlier deadline than this one: move it on.
+            self.arm(deadline);
+            if self.poll_sleep(cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(())
+    }
+
+    fn arm(&mut self, deadline: Instant) {
+        self.sleep.as_mut().reset(deadline);
+        self.armed = Some(deadline);
+        self.waiting = None;
+    }
+
+    /// Polls the timer, noting the waker it holds when pending.
+    fn poll_sleep(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let polled = self.sleep.as_mut().poll(cx);
+        self.waiting = polled.is_pending().then(|| cx.waker().clone());
+        polled
+    }
+}
+
+/// A connection's spare request deadline timer.
 #[derive(Debug, Default)]
-pub struct TimerSlot(Mutex<Option<Pin<Box<Sleep>>>>);
+pub struct TimerSlot(Mutex<Option<LazyTimer>>);
 
 impl TimerSlot {
-    /// A timer set for `deadline`: the connection's own when no other request holds it, else a
-    /// new one. It returns to the slot when dropped.
+    /// A timer for `deadline`: the connection's own when no other request holds it, else a new
+    /// one. It returns to the slot when dropped.
     pub fn lend(&self, deadline: Instant) -> LentTimer<'_> {
         let spare = self.0.lock().ok().and_then(|mut slot| slot.take());
-        let sleep = match spare {
-            Some(mut sleep) => {
-                sleep.as_mut().reset(deadline);
-                sleep
-            }
-            None => Box::pin(tokio::time::sleep_until(deadline)),
-        };
         LentTimer {
-            sleep: Some(sleep),
+            timer: Some(spare.unwrap_or_else(|| LazyTimer::new(deadline))),
+            deadline,
             home: self,
         }
     }
@@ -43,7 +114,8 @@ impl TimerSlot {
 /// A deadline timer on loan from a [`TimerSlot`].
 pub struct LentTimer<'a> {
     /// `Some` until dropped.
-    sleep: Option<Pin<Box<Sleep>>>,
+    timer: Option<LazyTimer>,
+    deadline: Instant,
     home: &'a TimerSlot,
 }
 
@@ -56,8 +128,8 @@ impl LentTimer<'_> {
             if let Poll::Ready(out) = fut.as_mut().poll(cx) {
                 return Poll::Ready(Some(out));
             }
-            match &mut self.sleep {
-                Some(sleep) => sleep.as_mut().poll(cx).map(|()| None),
+            match &mut self.timer {
+                Some(timer) => timer.poll_until(self.deadline, cx).map(|()| None),
                 None => Poll::Pending,
             }
         })
@@ -67,12 +139,12 @@ impl LentTimer<'_> {
 
 impl Drop for LentTimer<'_> {
     fn drop(&mut self) {
-        let Some(sleep) = self.sleep.take() else {
+        let Some(timer) = self.timer.take() else {
             return;
         };
         // A poisoned slot only means a panic while it was locked; the timer is simply dropped.
         if let Ok(mut slot) = self.home.0.lock() {
-            slot.get_or_insert(sleep);
+            slot.get_or_insert(timer);
         }
     }
 }
@@ -97,7 +169,12 @@ mod tests {
     /// timer's millisecond), neither sooner nor later.
     async fn cut_off_at(slot: &TimerSlot, deadline: Instant) {
         let mut timer = slot.lend(deadline);
-        assert_eq!(timer.limit(std::future::pending::<()>()).await, None);
+        // Bounded: a timer that misses its wake-up would leave the test waiting for ever.
+        let cut = tokio::time::timeout_at(
+            deadline + secs(1),
+            timer.limit(std::future::pending::<()>()),
+        );
+        assert_eq!(cut.await, Ok(None), "not cut off at its deadline");
         let now = Instant::now();
         let on_time = now
             .checked_duration_since(deadline)
@@ -129,11 +206,13 @@ mod tests {
         let start = Instant::now();
         let mut long = slot.lend(start + secs(60));
         let mut short = slot.lend(start + secs(2));
-        let (l, s) = tokio::join!(
-            long.limit(tokio::time::sleep(secs(5))),
-            short.limit(std::future::pending::<()>())
-        );
-        assert_eq!((l, s), (Some(()), None));
+        let both = tokio::time::timeout(secs(60), async {
+            tokio::join!(
+                long.limit(tokio::time::sleep(secs(5))),
+                short.limit(std::future::pending::<()>())
+            )
+        });
+        assert_eq!(both.await, Ok((Some(()), None)));
         assert_eq!(start.elapsed().as_secs(), 5);
         drop(long);
         drop(short);

@@ -21,12 +21,13 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
+use crate::deadline::LazyTimer;
 use crate::edge::Conn;
 use crate::stats::ClientTimeout;
 
@@ -47,8 +48,8 @@ pin_project! {
     pub struct GuardedIo<S> {
         #[pin]
         inner: S,
-        // Boxed so the wrapper is Unpin, as hyper requires of a connection's IO.
-        timer: Pin<Box<Sleep>>,
+        // Unpin (its sleep is boxed), as hyper requires of a connection's IO.
+        timer: LazyTimer,
         conn: Arc<Conn>,
         phase: Phase,
         // When the current phase started.
@@ -59,11 +60,6 @@ pin_project! {
         checked_in: bool,
         // When writes stopped making progress, if they have.
         write_stalled: Option<Instant>,
-        // The deadline the timer is set to.
-        armed: Option<Instant>,
-        // The waker the timer holds for `armed`, when its last poll was pending: until the timer
-        // fires or moves, polling it again with the same waker would change nothing.
-        waiting: Option<Waker>,
         // HTTP/2 (from ALPN, or the connection preface): no 408, and frames that arrive while no
         // stream is open (pings, settings) do not start a head. `None` until known.
         h2: Option<bool>,
@@ -103,15 +99,13 @@ impl<S> GuardedIo<S> {
         let now = Instant::now();
         GuardedIo {
             inner,
-            timer: Box::pin(tokio::time::sleep_until(now)),
+            timer: LazyTimer::unarmed(),
             conn,
             phase: Phase::Head,
             since: now,
             head_started: false,
             checked_in: false,
             write_stalled: None,
-            armed: None,
-            waiting: None,
             h2,
             sniffed: Sniffed::default(),
         }
@@ -247,35 +241,10 @@ impl<S: AsyncWrite> GuardedIo<S> {
             (Some(r), Some(w)) => r.min(w),
             (r, w) => r.or(w)?,
         };
-        // Re-armed only for an earlier deadline: the deadlines of a keep-alive connection move
-        // later with every request, and moving the timer takes the timer wheel's lock. A timer
-        // left on an earlier deadline fires early, and is then moved on to the current one.
-        let timer = this.timer;
-        if this.armed.is_none_or(|armed| deadline < armed) {
-            timer.as_mut().reset(deadline);
-            *this.armed = Some(deadline);
-            *this.waiting = None;
-        }
-        let waiting = this.waiting;
-        if !timer.is_elapsed() && waiting.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+        // The deadlines of a keep-alive connection move later with every request: the timer
+        // is moved only to an earlier one (see `LazyTimer`).
+        if this.timer.poll_until(deadline, cx).is_pending() {
             return None;
-        }
-        // Pending: the timer now holds this task's waker.
-        let mut pending = |timer: &mut Pin<Box<Sleep>>| {
-            let pending = timer.as_mut().poll(cx).is_pending();
-            *waiting = pending.then(|| cx.waker().clone());
-            pending
-        };
-        if pending(timer) {
-            return None;
-        }
-        if *this.armed != Some(deadline) {
-            // It fired for an earlier deadline than the current one: move it on.
-            timer.as_mut().reset(deadline);
-            *this.armed = Some(deadline);
-            if pending(timer) {
-                return None;
-            }
         }
         Some(if write_deadline == Some(deadline) {
             Expired::Write
