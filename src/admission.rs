@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use tokio::sync::Semaphore;
 
 use crate::error::Counters;
+use crate::stripes::Stripes;
 
 /// Why the pool turned a request away.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,8 +41,9 @@ pub struct Pool {
     retiring: AtomicUsize,
     /// Requests waiting for a slot now.
     queued: AtomicUsize,
-    /// Requests holding a slot now.
-    in_flight: AtomicUsize,
+    /// Requests holding a slot now: a gauge striped by thread, raised and lowered without an
+    /// atomic read-modify-write.
+    in_flight: Stripes<1>,
     /// The upstream's rejection and error counters. They live beside the slots so that a permit
     /// held by a streaming body can count a late deadline without a second shared reference.
     counters: Counters,
@@ -67,7 +69,7 @@ impl Pool {
             queue_timeout_nanos: AtomicU64::new(nanos(queue_timeout)),
             retiring: AtomicUsize::new(0),
             queued: AtomicUsize::new(0),
-            in_flight: AtomicUsize::new(0),
+            in_flight: Stripes::default(),
             counters: Counters::default(),
         }
     }
@@ -136,7 +138,7 @@ impl Pool {
     }
 
     fn permit(self: &Arc<Self>, queue_wait: Duration) -> Permit {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.add(0, 1);
         Permit {
             pool: Arc::clone(self),
             queue_wait,
@@ -150,7 +152,9 @@ impl Pool {
 
     /// Requests holding a slot now.
     pub fn in_flight(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        // The stripes' wrapping sum, never negative once all are in; one read while a request
+        // moves between threads may see its release without its admission.
+        usize::try_from(self.in_flight.sum(0) as i64).unwrap_or(0)
     }
 
     pub fn counters(&self) -> &Counters {
@@ -183,7 +187,7 @@ impl Permit {
 impl Drop for Permit {
     fn drop(&mut self) {
         let pool = &self.pool;
-        pool.in_flight.fetch_sub(1, Ordering::Relaxed);
+        pool.in_flight.add(0, 1u64.wrapping_neg());
         // Almost always zero: one relaxed load on the common path.
         if pool.retiring.load(Ordering::Relaxed) > 0
             && pool

@@ -9,6 +9,7 @@ use http::{HeaderName, HeaderValue, Response, StatusCode, header};
 
 use crate::body::{RequestBodyError, ResponseBody};
 use crate::metrics::Histogram;
+use crate::stripes::Stripes;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -136,14 +137,15 @@ impl UpstreamErrorKind {
     }
 }
 
-/// Per-upstream counters and latency histograms: plain atomics indexed by enum, so counting costs
-/// one relaxed add. They live in the upstream's pool, which a configuration reload keeps.
+/// Per-upstream counters and latency histograms, indexed by enum. Those of every request are
+/// striped by thread (see [`Stripes`]); rejections and errors are plain atomics, one relaxed
+/// add each. They live in the upstream's pool, which a configuration reload keeps.
 #[derive(Debug, Default)]
 pub struct Counters {
     rejected: [AtomicU64; Reason::ALL.len()],
     upstream_errors: [AtomicU64; UpstreamErrorKind::ALL.len()],
     /// Answers by status class (see [`crate::metrics::STATUS_CLASSES`]).
-    responses: [AtomicU64; 5],
+    responses: Stripes<5>,
     request_duration: Histogram,
     queue_wait: Histogram,
 }
@@ -157,7 +159,7 @@ impl Counters {
         queue_wait: Option<Duration>,
     ) {
         if let Some(s) = status {
-            self.responses[crate::metrics::status_class(s)].fetch_add(1, Ordering::Relaxed);
+            self.responses.add(crate::metrics::status_class(s), 1);
         }
         self.request_duration.observe(duration);
         if let Some(w) = queue_wait {
@@ -167,7 +169,7 @@ impl Counters {
 
     /// Answers sent in status class `class` (an index into [`crate::metrics::STATUS_CLASSES`]).
     pub fn responses(&self, class: usize) -> u64 {
-        self.responses[class].load(Ordering::Relaxed)
+        self.responses.sum(class)
     }
 
     pub fn request_duration(&self) -> &Histogram {

@@ -45,6 +45,7 @@ pub mod proxy;
 pub mod record;
 pub mod shutdown;
 pub mod stats;
+pub mod stripes;
 pub mod tls;
 pub mod watchdog;
 

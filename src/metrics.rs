@@ -1,4 +1,4 @@
-//! Prometheus metrics. The request path only touches atomics that already exist for weir's own
+//! Prometheus metrics. The request path only touches counters that already exist for weir's own
 //! decisions (queue depth, in-flight, the counters indexed by reason) plus one [`Histogram`] bucket
 //! per observation; everything is turned into Prometheus families at scrape time by one
 //! [`Collector`] registered in a [`Registry`] created at start (there is no global registry).
@@ -16,6 +16,7 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use crate::error::{Reason, UpstreamErrorKind};
 use crate::proxy::Proxy;
 use crate::stats::{ClientTimeout, ConnReject, ListenerInfo, SizeLimit};
+use crate::stripes::Stripes;
 
 /// Upper bounds of the latency buckets, in seconds: 0.5 ms to 30 s.
 pub const BUCKETS: [f64; 16] = [
@@ -34,43 +35,47 @@ const BUCKET_NANOS: [u64; 16] = {
     out
 };
 
-/// A latency histogram made of atomics: an observation is two relaxed adds (its bucket and the
-/// sum), with no lock and no float arithmetic. Counts are per bucket and made cumulative at scrape.
+/// A latency histogram: an observation adds to its bucket and to the sum, in the counting
+/// thread's stripe ([`Stripes`]): no lock, no atomic read-modify-write, no float arithmetic.
+/// Counts are per bucket and made cumulative at scrape.
 #[derive(Debug, Default)]
 pub struct Histogram {
-    /// One counter per bound, and a last one for +Inf.
-    buckets: [AtomicU64; BUCKETS.len() + 1],
-    sum_nanos: AtomicU64,
+    /// One counter per bound, one for +Inf, then the sum in nanoseconds.
+    cells: Stripes<{ BUCKETS.len() + 2 }>,
 }
+
+/// Where the sum of a [`Histogram`]'s observations is kept.
+const SUM: usize = BUCKETS.len() + 1;
 
 impl Histogram {
     pub fn observe(&self, d: Duration) {
         let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let i = BUCKET_NANOS.partition_point(|&b| b < nanos);
-        self.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        let cells = self.cells.local();
+        cells.add(i, 1);
+        cells.add(SUM, nanos);
     }
 
     /// Observations so far.
     pub fn count(&self) -> u64 {
-        self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).sum()
+        (0..SUM).map(|i| self.cells.sum(i)).sum()
     }
 
     fn to_proto(&self) -> proto::Histogram {
         let mut h = proto::Histogram::default();
         let mut cumulative = 0;
         let mut buckets = Vec::with_capacity(BUCKETS.len());
-        for (bound, count) in BUCKETS.iter().zip(&self.buckets) {
-            cumulative += count.load(Ordering::Relaxed);
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            cumulative += self.cells.sum(i);
             let mut b = proto::Bucket::default();
             b.set_upper_bound(*bound);
             b.set_cumulative_count(cumulative);
             buckets.push(b);
         }
-        cumulative += self.buckets[BUCKETS.len()].load(Ordering::Relaxed);
+        cumulative += self.cells.sum(BUCKETS.len());
         h.set_bucket(buckets);
         h.set_sample_count(cumulative);
-        h.set_sample_sum(self.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9);
+        h.set_sample_sum(self.cells.sum(SUM) as f64 / 1e9);
         h
     }
 }
