@@ -300,8 +300,10 @@ enum Parsed {
     Partial,
 }
 
-/// Parses a response head at the start of `buf`, taking it out of `buf` when complete. Header
-/// values are slices of the head, not copies.
+/// Parses a response head at the start of `buf`, taking it out of `buf` when complete. Names and
+/// values are copied out: a value that shared the read buffer would cost two atomic operations
+/// (its reference taken and dropped) and keep the buffer from being reused until hyper has written
+/// it, where a copy of a few bytes costs less.
 fn parse_head(buf: &mut BytesMut, to_head: bool) -> Result<Parsed, Error> {
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut []);
@@ -314,51 +316,30 @@ fn parse_head(buf: &mut BytesMut, to_head: bool) -> Result<Parsed, Error> {
         httparse::Status::Complete(len) => len,
     };
     let code = res.code.unwrap_or(0);
-    let version = if res.version == Some(0) {
-        Version::HTTP_10
-    } else {
-        Version::HTTP_11
-    };
-    let base = buf.as_ptr() as usize;
-    let count = res.headers.len();
-    // Where each field lies in the head, kept past the parser's borrow of `buf`. Most heads
-    // have a few fields: a small array, not one zeroed for MAX_HEADERS.
-    let mut few = [(0u32, 0u32, 0u32, 0u32); 16];
-    let mut many = Vec::new();
-    let spans: &mut [_] = if count <= few.len() {
-        &mut few[..count]
-    } else {
-        many.resize(count, (0, 0, 0, 0));
-        &mut many
-    };
-    for (span, h) in spans.iter_mut().zip(res.headers.iter()) {
-        let name = h.name.as_ptr() as usize - base;
-        let value = h.value.as_ptr() as usize - base;
-        *span = (
-            name as u32,
-            (name + h.name.len()) as u32,
-            value as u32,
-            (value + h.value.len()) as u32,
-        );
-    }
-    let head = buf.split_to(len).freeze();
     if (100..200).contains(&code) {
+        buf.advance(len);
         if code == 101 {
             return Err(Error::Invalid("protocol switch that was not asked for"));
         }
         return Ok(Parsed::Interim);
     }
+    let version = if res.version == Some(0) {
+        Version::HTTP_10
+    } else {
+        Version::HTTP_11
+    };
     let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("invalid status code"))?;
-    let mut headers = HeaderMap::with_capacity(count);
+    let mut headers = HeaderMap::with_capacity(res.headers.len());
     let mut seen = Seen::default();
-    for &(ns, ne, vs, ve) in &*spans {
-        let name = HeaderName::from_bytes(&head[ns as usize..ne as usize])
+    for h in &*res.headers {
+        let name = HeaderName::from_bytes(h.name.as_bytes())
             .map_err(|_| Error::Invalid("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..ve as usize))
-            .map_err(|_| Error::Invalid("invalid header value"))?;
+        let value =
+            HeaderValue::from_bytes(h.value).map_err(|_| Error::Invalid("invalid header value"))?;
         seen.note(&name, &value);
         headers.append(name, value);
     }
+    buf.advance(len);
     let (decode, delimited) = body_framing(status, to_head, &headers, seen)?;
     let keep_alive = delimited && keeps_alive(version, &headers, seen);
     Ok(Parsed::Final(Head {
