@@ -203,8 +203,7 @@ impl Client {
                 Some(conn) => (conn, true),
                 None => (Box::pin(self.connect_h1()).await?, false),
             };
-            let home = Arc::downgrade(&self.shared);
-            match h1::send(conn, parts, set, body, pooled, home).await {
+            match h1::send(conn, parts, set, body, pooled).await {
                 Ok(response) => return Ok(response.map(BackendBody::H1)),
                 // A pooled connection the backend closed under us (its idle timeout, typically),
                 // with the request unsent or unanswered: try the next one, or a new one.
@@ -220,7 +219,7 @@ impl Client {
     async fn connect_h1(&self) -> Result<Box<h1::Conn>, ClientError> {
         let stream = self.shared.connect().await?;
         self.start_reaper();
-        Ok(h1::Conn::new(stream))
+        Ok(h1::Conn::new(stream, Arc::downgrade(&self.shared)))
     }
 
     /// The shared h2c connection, opened if there is none or it closed.

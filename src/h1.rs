@@ -98,17 +98,20 @@ pub(crate) struct Conn {
     out: BytesMut,
     /// Room the next read asks for.
     read_size: usize,
+    /// The pool the connection returns to when an exchange ends cleanly.
+    home: Weak<Shared>,
 }
 
 impl Conn {
     /// Boxed: a connection passes from the pool to a request, into its response body and back
     /// on every exchange, and the box moves as one pointer.
-    pub(crate) fn new(io: TcpStream) -> Box<Conn> {
+    pub(crate) fn new(io: TcpStream, home: Weak<Shared>) -> Box<Conn> {
         Box::new(Conn {
             io,
             buf: BytesMut::new(),
             out: BytesMut::new(),
             read_size: READ_CHUNK,
+            home,
         })
     }
 
@@ -645,14 +648,13 @@ fn idempotent(method: &Method) -> bool {
 
 /// Sends a request on `conn`, its head with `set`'s fields, and returns the response once its
 /// head has arrived. `pooled` says the connection was idle in the pool (a retry on another one is
-/// then worth it); `home` is the pool the connection returns to when the exchange ends cleanly.
+/// then worth it).
 pub(crate) async fn send(
     mut conn: Box<Conn>,
     parts: &request::Parts,
     set: SetFields<'_>,
     body: RequestBody,
     pooled: bool,
-    home: Weak<Shared>,
 ) -> Result<Response<Body>, SendError> {
     let framing = if body.is_end_stream() {
         Framing::None
@@ -717,7 +719,6 @@ pub(crate) async fn send(
         upload: (!sent && !gave_up).then_some(upload),
         decode: head.decode,
         keep_alive: head.keep_alive && !gave_up,
-        home,
     };
     if body.decode == Decode::Length(0) {
         body.decode = Decode::Done;
@@ -738,7 +739,6 @@ pub struct Body {
     upload: Option<Upload>,
     decode: Decode,
     keep_alive: bool,
-    home: Weak<Shared>,
 }
 
 impl Body {
@@ -749,7 +749,7 @@ impl Body {
         let clean = self.keep_alive && self.upload.is_none() && conn.buf.is_empty();
         self.upload = None;
         if clean {
-            if let Some(pool) = self.home.upgrade() {
+            if let Some(pool) = conn.home.upgrade() {
                 pool.put_back(conn.idle());
             }
         }
@@ -962,7 +962,7 @@ mod tests {
             let (mut s, _) = listener.accept().await.unwrap();
             s.write_all(&raw[split..]).await.unwrap();
         });
-        let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap());
+        let mut conn = Conn::new(TcpStream::connect(addr).await.unwrap(), Weak::new());
         conn.buf.extend_from_slice(&raw[..split]);
         let mut decode = decode;
         let mut data = Vec::new();
