@@ -380,8 +380,11 @@ where
     let service = service_fn(move |req| {
         let request = InProgress::new(Arc::clone(&conn));
         // Boxed per request: hyper keeps the slot for a connection's request future for the
-        // connection's whole life, so an idle keep-alive connection would hold kilobytes.
-        Box::pin(async move {
+        // connection's whole life, so an idle keep-alive connection would hold kilobytes. The
+        // box is allocated before the future is made, so that the future is made in it: made
+        // first, all its kilobytes would be copied into the box.
+        let boxed = Box::new_uninit();
+        Box::into_pin(Box::write(boxed, async move {
             let (response, mut record) = request.0.proxy.handle(req, &request.0.client).await;
             if response.body().is_end_stream() {
                 // hyper will not poll a body that is already at its end (HEAD, 204, empty).
@@ -392,7 +395,7 @@ where
                 record,
                 _request: request,
             }))
-        })
+        }))
     });
     if h2 {
         let conn = servers.h2.serve_connection(io, service);
