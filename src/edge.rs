@@ -385,7 +385,11 @@ where
         // first, all its kilobytes would be copied into the box.
         let boxed = Box::new_uninit();
         Box::into_pin(Box::write(boxed, async move {
-            let (response, mut record) = request.0.proxy.handle(req, &request.0.client).await;
+            // Pinned in a statement of its own (see `Proxy::handle`).
+            let (response, mut record) = {
+                let handled = std::pin::pin!(request.0.proxy.handle(req, &request.0.client));
+                handled.await
+            };
             if response.body().is_end_stream() {
                 // hyper will not poll a body that is already at its end (HEAD, 204, empty).
                 record.complete();

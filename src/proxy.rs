@@ -128,22 +128,29 @@ impl Proxy {
         // From here, dropping `record` before an answer exists counts `client_gone`.
         let (upstream, queue_wait) = record.route_to(upstream);
         let (parts, body) = req.into_parts();
-        let outcome = AssertUnwindSafe(async {
-            let body = RequestBody::new(body, &client.listener, started);
-            let body = self.prepare_body(upstream, &parts, body, client).await?;
-            upstream
-                .forward(
-                    parts,
-                    body,
-                    client,
-                    self.hook.as_ref(),
-                    &self.buffers,
-                    queue_wait,
-                )
-                .await
-        })
-        .catch_unwind()
-        .await;
+        // Pinned in a statement of its own: awaited as a temporary of a longer statement, the
+        // future would take room in this one's state twice, as the temporary and as the
+        // awaited value. (The block drops it, and its borrows of `record`, once it is done.)
+        let outcome = {
+            let guarded = std::pin::pin!(
+                AssertUnwindSafe(async {
+                    let body = RequestBody::new(body, &client.listener, started);
+                    let body = self.prepare_body(upstream, &parts, body, client).await?;
+                    upstream
+                        .forward(
+                            parts,
+                            body,
+                            client,
+                            self.hook.as_ref(),
+                            &self.buffers,
+                            queue_wait,
+                        )
+                        .await
+                })
+                .catch_unwind()
+            );
+            guarded.await
+        };
         let err = match outcome {
             Ok(Ok(response)) => {
                 record.answered(response.status(), None);
