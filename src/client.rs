@@ -8,6 +8,7 @@
 //! hyper requires. The request path takes one short per-upstream lock to pop or push a
 //! connection, and does no hashing, no key comparison and no task spawn per request.
 
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -33,7 +34,22 @@ use crate::lock;
 /// name the request carries (weir's `X-Forwarded-*`). Written straight into the request head on
 /// HTTP/1.1, where inserting them into the request's `HeaderMap` first would cost a hash and a
 /// probe each, and often the map's growth: a sixth of weir's user-space instructions per request.
-pub type SetFields<'a> = &'a [(&'static HeaderName, HeaderValue)];
+/// Values are borrowed: weir's own (the client's address, its scheme) live as long as the
+/// connection, and a copy of each per request would take and drop a shared reference.
+#[derive(Debug, Clone, Copy)]
+pub struct SetFields<'a> {
+    pub fields: &'a [(&'static HeaderName, Cow<'a, HeaderValue>)],
+    /// A field of this name with the value of the request's first `Host` field
+    /// (`X-Forwarded-Host`), taken from the head as it is written; set only when there is one.
+    pub copy_of_host: Option<&'static HeaderName>,
+}
+
+impl SetFields<'_> {
+    /// Whether the request's own `name` fields are left out.
+    pub(crate) fn replaces(&self, name: &HeaderName) -> bool {
+        self.fields.iter().any(|(n, _)| *n == name) || self.copy_of_host == Some(name)
+    }
+}
 
 /// Why a request never got a response head from the backend.
 #[derive(Debug, thiserror::Error)]
@@ -184,8 +200,13 @@ impl Client {
         mut req: Request<RequestBody>,
         set: SetFields<'_>,
     ) -> Result<Response<BackendBody>, ClientError> {
-        for (name, value) in set {
-            req.headers_mut().insert(*name, value.clone());
+        if let Some(name) = set.copy_of_host {
+            if let Some(host) = req.headers().get(http::header::HOST).cloned() {
+                req.headers_mut().insert(name, host);
+            }
+        }
+        for (name, value) in set.fields {
+            req.headers_mut().insert(*name, value.clone().into_owned());
         }
         let mut tx = self.h2_sender().await?;
         let response = tx.send_request(req).await.map_err(ClientError::Exchange)?;

@@ -1,6 +1,7 @@
 //! One upstream: its admission pool, its pooled keep-alive client, and the forwarding of a request
 //! to it under a deadline, with proxy hygiene (hop-by-hop headers, `X-Forwarded-*`) both ways.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -228,11 +229,11 @@ impl Upstream {
     /// Turns the client's request head into the backend's, in place: origin URI on the
     /// backend's address, hop-by-hop headers removed, Host preserved. Returns the
     /// `X-Forwarded-*` fields to send it with.
-    fn rewrite(
+    fn rewrite<'c>(
         &self,
         parts: &mut http::request::Parts,
-        client: &ClientInfo,
-    ) -> Result<Forwarded, ProxyError> {
+        client: &'c ClientInfo,
+    ) -> Result<Forwarded<'c>, ProxyError> {
         if parts.method == Method::CONNECT {
             return Err(ProxyError::BadRequest("CONNECT is not supported"));
         }
@@ -240,26 +241,21 @@ impl Upstream {
         let wants_trailers = scan.hop_by_hop && remove_hop_by_hop(&mut parts.headers);
         let headers = &mut parts.headers;
         // A header the client named in `Connection` is gone now, Host included.
-        let host = if scan.hop_by_hop {
-            headers.get(header::HOST).cloned()
+        let mut has_host = if scan.hop_by_hop {
+            headers.contains_key(header::HOST)
         } else {
             scan.host
         };
-
         // HTTP/2 clients (and HTTP/1 absolute-form requests) carry the host in the URI.
-        let host = match host {
-            Some(host) => Some(host),
-            None => match parts.uri.authority() {
-                Some(authority) => {
-                    let host = HeaderValue::from_str(authority.as_str())
-                        .map_err(|_| ProxyError::BadRequest("invalid authority"))?;
-                    headers.insert(header::HOST, host.clone());
-                    Some(host)
-                }
-                None => None,
-            },
-        };
-        let forwarded = Forwarded::new(headers, scan.forwarded_for, host, client);
+        if !has_host {
+            if let Some(authority) = parts.uri.authority() {
+                let host = HeaderValue::from_str(authority.as_str())
+                    .map_err(|_| ProxyError::BadRequest("invalid authority"))?;
+                headers.insert(header::HOST, host);
+                has_host = true;
+            }
+        }
+        let forwarded = Forwarded::new(headers, scan.forwarded_for, has_host, client);
 
         let settings = self.client.settings();
         parts.version = match settings.protocol {
@@ -329,38 +325,35 @@ fn bufferable(parts: &http::response::Parts, body: &BackendBody, response_buffer
 
 /// The `X-Forwarded-*` fields a request is forwarded with, in place of any the client sent
 /// (written by the backend client, see [`SetFields`]).
-struct Forwarded {
-    fields: [(&'static HeaderName, HeaderValue); 3],
-    len: usize,
+struct Forwarded<'a> {
+    fields: [(&'static HeaderName, Cow<'a, HeaderValue>); 2],
+    host: bool,
 }
 
-impl Forwarded {
+impl<'a> Forwarded<'a> {
     /// X-Forwarded-For: the client's list, if it sent one (`prior`), then its address.
     /// X-Forwarded-Proto: the scheme the client used. X-Forwarded-Host: the host it asked for,
-    /// when it named one.
-    fn new(
-        headers: &HeaderMap,
-        prior: bool,
-        host: Option<HeaderValue>,
-        client: &ClientInfo,
-    ) -> Forwarded {
+    /// when it named one (`host`: the request carries a Host field).
+    fn new(headers: &HeaderMap, prior: bool, host: bool, client: &'a ClientInfo) -> Forwarded<'a> {
         let xff = if prior {
-            forwarded_for(headers, &client.forwarded_for)
+            Cow::Owned(forwarded_for(headers, &client.forwarded_for))
         } else {
-            client.forwarded_for.clone()
+            Cow::Borrowed(&client.forwarded_for)
         };
-        let xff = (&X_FORWARDED_FOR, xff);
-        let proto = (&X_FORWARDED_PROTO, client.proto.clone());
-        let len = if host.is_some() { 3 } else { 2 };
-        let host = host.unwrap_or_else(|| HeaderValue::from_static(""));
         Forwarded {
-            fields: [xff, proto, (&X_FORWARDED_HOST, host)],
-            len,
+            fields: [
+                (&X_FORWARDED_FOR, xff),
+                (&X_FORWARDED_PROTO, Cow::Borrowed(&client.proto)),
+            ],
+            host,
         }
     }
 
     fn fields(&self) -> SetFields<'_> {
-        &self.fields[..self.len]
+        SetFields {
+            fields: &self.fields,
+            copy_of_host: self.host.then_some(&X_FORWARDED_HOST),
+        }
     }
 }
 
@@ -385,8 +378,8 @@ fn forwarded_for(headers: &HeaderMap, client: &HeaderValue) -> HeaderValue {
 /// per field wanted (a request has a handful of fields).
 #[derive(Default)]
 struct Scan {
-    /// The first Host field.
-    host: Option<HeaderValue>,
+    /// The request carries a Host field.
+    host: bool,
     /// The request carries `X-Forwarded-For`.
     forwarded_for: bool,
     /// The request carries a hop-by-hop field, to be removed.
@@ -396,11 +389,9 @@ struct Scan {
 impl Scan {
     fn of(headers: &HeaderMap) -> Scan {
         let mut scan = Scan::default();
-        for (name, value) in headers {
+        for name in headers.keys() {
             if name == header::HOST {
-                if scan.host.is_none() {
-                    scan.host = Some(value.clone());
-                }
+                scan.host = true;
             } else if name == X_FORWARDED_FOR {
                 scan.forwarded_for = true;
             } else if is_hop_by_hop(name) {
@@ -529,17 +520,13 @@ mod tests {
     fn one_pass_finds_host_forwarded_for_and_hop_by_hop() {
         let mut h = HeaderMap::new();
         let scan = Scan::of(&h);
-        assert!(scan.host.is_none() && !scan.forwarded_for && !scan.hop_by_hop);
+        assert!(!scan.host && !scan.forwarded_for && !scan.hop_by_hop);
         h.append(header::HOST, HeaderValue::from_static("a.test"));
         h.append(header::HOST, HeaderValue::from_static("b.test"));
         h.append(&X_FORWARDED_FOR, HeaderValue::from_static("1.1.1.1"));
         h.insert("x-other", HeaderValue::from_static("1"));
         let scan = Scan::of(&h);
-        assert_eq!(
-            scan.host.as_ref().map(HeaderValue::as_bytes),
-            Some(&b"a.test"[..])
-        );
-        assert!(scan.forwarded_for && !scan.hop_by_hop);
+        assert!(scan.host && scan.forwarded_for && !scan.hop_by_hop);
         for name in [header::CONNECTION, header::TE, PROXY_CONNECTION.clone()] {
             let mut h = h.clone();
             h.insert(name, HeaderValue::from_static("x"));

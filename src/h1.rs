@@ -615,16 +615,21 @@ fn encode_head(out: &mut BytesMut, parts: &request::Parts, set: SetFields<'_>, f
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut host = None;
     for (name, value) in &parts.headers {
-        if (framing != Framing::None && name == header::CONTENT_LENGTH)
-            || set.iter().any(|(n, _)| *n == name)
-        {
+        if name == header::HOST && host.is_none() {
+            host = Some(value);
+        }
+        if (framing != Framing::None && name == header::CONTENT_LENGTH) || set.replaces(name) {
             continue;
         }
         put_field(out, name, value);
     }
-    for (name, value) in set {
+    for (name, value) in set.fields {
         put_field(out, name, value);
+    }
+    if let (Some(name), Some(host)) = (set.copy_of_host, host) {
+        put_field(out, name, host);
     }
     match framing {
         Framing::None => {}
@@ -822,6 +827,13 @@ impl http_body::Body for Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::borrow::Cow;
+
+    /// No fields set.
+    const NONE: SetFields<'static> = SetFields {
+        fields: &[],
+        copy_of_host: None,
+    };
 
     fn head(raw: &str) -> Result<Parsed, Error> {
         parse_head(&mut BytesMut::from(raw), false)
@@ -914,12 +926,12 @@ mod tests {
             .unwrap()
             .into_parts();
         let mut out = BytesMut::new();
-        encode_head(&mut out, &parts, &[], Framing::Chunked);
+        encode_head(&mut out, &parts, NONE, Framing::Chunked);
         assert_eq!(
             &out[..],
             b"POST /a?b HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n"
         );
-        encode_head(&mut out, &parts, &[], Framing::None);
+        encode_head(&mut out, &parts, NONE, Framing::None);
         assert_eq!(
             &out[..],
             b"POST /a?b HTTP/1.1\r\nhost: x\r\ncontent-length: 9\r\n\r\n"
@@ -929,6 +941,7 @@ mod tests {
     #[test]
     fn set_fields_replace_the_requests_own() {
         static X_A: HeaderName = HeaderName::from_static("x-a");
+        static X_H: HeaderName = HeaderName::from_static("x-h");
         let (parts, ()) = http::Request::get("/")
             .header("x-a", "1")
             .header("host", "x")
@@ -938,14 +951,26 @@ mod tests {
             .into_parts();
         let mut out = BytesMut::new();
         let set = [
-            (&X_A, HeaderValue::from_static("3")),
-            (&header::VIA, HeaderValue::from_static("w")),
+            (&X_A, Cow::Owned(HeaderValue::from_static("3"))),
+            (&header::VIA, Cow::Owned(HeaderValue::from_static("w"))),
         ];
-        encode_head(&mut out, &parts, &set, Framing::None);
+        let set = SetFields {
+            fields: &set,
+            copy_of_host: Some(&X_H),
+        };
+        encode_head(&mut out, &parts, set, Framing::None);
         assert_eq!(
             &out[..],
-            b"GET / HTTP/1.1\r\nhost: x\r\nx-a: 3\r\nvia: w\r\n\r\n"
+            b"GET / HTTP/1.1\r\nhost: x\r\nx-a: 3\r\nvia: w\r\nx-h: x\r\n\r\n"
         );
+        // With no Host field, no copy of it, and the request's own field of that name stays.
+        let (parts, ()) = http::Request::get("/")
+            .header("x-h", "mine")
+            .body(())
+            .unwrap()
+            .into_parts();
+        encode_head(&mut out, &parts, NONE, Framing::None);
+        assert_eq!(&out[..], b"GET / HTTP/1.1\r\nx-h: mine\r\n\r\n");
     }
 
     /// Decodes `raw` (a body framed as `decode` says) with its first `split` bytes already
