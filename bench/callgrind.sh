@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# User-space instructions per request of weir binaries, counted by callgrind: repeatable where
-# the machine's cycles are not, so it separates changes of a few hundred instructions.
+# User-space instructions and atomic read-modify-write operations (callgrind's "global bus
+# events", lock-prefixed instructions) per request of weir binaries, counted by callgrind:
+# repeatable where the machine's cycles are not, so it separates changes of a few hundred
+# instructions or a few atomic operations (each costs tens of cycles that instruction counts
+# do not show).
 # Usage: bash bench/callgrind.sh [CONNECTIONS, default 1] [REQUESTS, default 3200] [BINARY...]
 # (default binary: a release build of the working tree)
 #
@@ -39,12 +42,13 @@ BACKEND=127.0.0.1:19300
 WEIR=127.0.0.1:19301
 single_upstream_run "$OUT/weir.toml" "$WEIR" "$BACKEND" 127.0.0.1:19302
 total_ir() { awk '/^(summary|totals):/ {print $2; exit}' "$1"; }
+total_atomics() { awk '/^(summary|totals):/ {print $3; exit}' "$1"; }
 
 taskset -c 0 "$BACKEND_BIN" "$BACKEND" 16 20 >"$OUT/backend.log" 2>&1 & PIDS+=($!)
 wait_port "$BACKEND"
 for bin in "$@"; do
     for n in 200 "$N"; do
-        taskset -c 1 valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.$n" \
+        taskset -c 1 valgrind --tool=callgrind --collect-bus=yes --callgrind-out-file="$OUT/callgrind.$n" \
             "$bin" --config "$OUT/weir.toml" >"$OUT/weir.log" 2>&1 & w=$!
         PIDS+=($w)
         wait_port "$WEIR" 600   # valgrind starts slowly
@@ -55,5 +59,8 @@ for bin in "$@"; do
     done
     a=$(total_ir "$OUT/callgrind.200")
     b=$(total_ir "$OUT/callgrind.$N")
-    echo "$bin: $(((b - a) / (N - 200))) instructions per request ($CONNS connections, $N vs 200 requests)"
+    ga=$(total_atomics "$OUT/callgrind.200")
+    gb=$(total_atomics "$OUT/callgrind.$N")
+    atomics=$(awk -v a="$ga" -v b="$gb" -v n=$((N - 200)) 'BEGIN {printf "%.1f", (b - a) / n}')
+    echo "$bin: $(((b - a) / (N - 200))) instructions and $atomics atomic operations per request ($CONNS connections, $N vs 200 requests)"
 done
