@@ -40,7 +40,8 @@ use crate::lock;
 pub struct SetFields<'a> {
     pub fields: &'a [(&'static HeaderName, Cow<'a, HeaderValue>)],
     /// A field of this name with the value of the request's first `Host` field
-    /// (`X-Forwarded-Host`), taken from the head as it is written; set only when there is one.
+    /// (`X-Forwarded-Host`), taken from the head as it is written. `None` when the request has
+    /// no Host field: its own fields of that name are then kept.
     pub copy_of_host: Option<&'static HeaderName>,
 }
 

@@ -1,5 +1,5 @@
-//! Deadline timers that cost a request no atomic operation, and the request deadline's timer,
-//! kept by the connection and lent to its requests in turn.
+//! Deadline timers that a keep-alive connection's requests share at almost no cost, and the
+//! request deadline's timer, kept by the connection and lent to its requests in turn.
 //!
 //! A fresh tokio timer is registered in the timer wheel and removed again, hundreds of
 //! instructions; moving one to a new deadline takes atomic operations, and each poll registers

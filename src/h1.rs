@@ -606,7 +606,7 @@ fn put_field(out: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {
 }
 
 /// Writes the request head into `out`: the request's own fields, except those `set` replaces,
-/// then `set`'s, then the body's framing.
+/// then `set`'s with its copy of the first Host field, then the body's framing.
 fn encode_head(out: &mut BytesMut, parts: &request::Parts, set: SetFields<'_>, framing: Framing) {
     out.clear();
     out.reserve(256);

@@ -157,8 +157,7 @@ impl Proxy {
                 return (response, record);
             }
             Ok(Err(err)) => {
-                let upstream = record.upstream().map_or("-", |u| u.name.as_str());
-                tracing::debug!(upstream, error = %err, "request failed");
+                tracing::debug!(upstream = record.upstream_name(), error = %err, "request failed");
                 err
             }
             Err(panic) => {
@@ -167,7 +166,7 @@ impl Proxy {
                     .copied()
                     .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
                     .unwrap_or("non-string panic payload");
-                let upstream = record.upstream().map_or("-", |u| u.name.as_str());
+                let upstream = record.upstream_name();
                 tracing::error!(upstream, panic = what, "request handler panicked");
                 ProxyError::Internal
             }

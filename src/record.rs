@@ -75,6 +75,11 @@ impl Record {
         self.upstream.as_deref()
     }
 
+    /// The name of the upstream the request was routed to, or `-`, for logs.
+    pub fn upstream_name(&self) -> &str {
+        self.upstream.as_ref().map_or("-", |u| u.name.as_str())
+    }
+
     /// The answer's status, and the reason when weir answered instead of the backend.
     pub fn answered(&mut self, status: StatusCode, reason: Option<Reason>) {
         self.status = Some(status);
@@ -114,7 +119,7 @@ impl Drop for Record {
             path = line.uri.path(),
             // 499 (nginx's "client closed request") when the client left before any answer.
             status = self.status.map_or(499, |s| s.as_u16()),
-            upstream = self.upstream.as_ref().map_or("-", |u| u.name.as_str()),
+            upstream = self.upstream_name(),
             reason = self.reason.map_or("-", Reason::as_str),
             queue_wait_ms = self.queue_wait.map_or(0.0, |w| w.as_secs_f64() * 1e3),
             duration_ms = duration.as_secs_f64() * 1e3,
