@@ -1,8 +1,8 @@
 //! Graceful drain, tracked per connection without a shared lock on the request path.
 //!
 //! Every open connection holds a [`Watch`]. On each poll, the connection reads one atomic (the
-//! phase) and registers its own task's waker in its own slot; nothing is shared between
-//! connections until the phase changes. (tokio's `Notify`, behind `watch` channels and
+//! phase); its task's waker is registered in its own slot once, and again only after a phase
+//! change; nothing is shared between connections until the phase changes. (tokio's `Notify`, behind `watch` channels and
 //! cancellation tokens, takes one mutex shared by every waiter on each poll of a waiting future:
 //! one lock per wake-up of every connection, which all cores would fight over.) The registry of
 //! slots is locked only when a connection opens or closes and when the phase changes.
