@@ -207,16 +207,8 @@ impl Server {
         let drain = Drain::new();
         let stop = CancellationToken::new();
         let stop_admin = CancellationToken::new();
-        {
-            let config = self.live.config();
-            tracing::info!(
-                listeners = %self.describe_listeners(),
-                admin = %self.admin_addr().map_or("off".to_string(), |a| a.to_string()),
-                upstreams = %describe_upstreams(&config),
-                drain_timeout = ?config.drain_timeout,
-                "weir started"
-            );
-        }
+        let listeners = self.describe_listeners();
+        let admin_addr = self.admin_addr();
         let admin = self
             .admin
             .map(|a| tokio::spawn(a.serve(stop_admin.clone())));
@@ -225,6 +217,18 @@ impl Server {
             accepting.spawn(edge.serve(drain.clone(), stop.clone()));
         }
         self.live.health.set_ready(true);
+        // Logged once ready: whoever waits for this line (a supervisor, a test) finds `/readyz`
+        // answering 200. The line is written by a task of its own, possibly on another worker.
+        {
+            let config = self.live.config();
+            tracing::info!(
+                listeners = %listeners,
+                admin = %admin_addr.map_or("off".to_string(), |a| a.to_string()),
+                upstreams = %describe_upstreams(&config),
+                drain_timeout = ?config.drain_timeout,
+                "weir started"
+            );
+        }
 
         shutdown.await;
         self.live.health.set_ready(false);
