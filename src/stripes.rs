@@ -53,8 +53,15 @@ fn owned_stripes() -> usize {
 
 impl<const N: usize> Default for Stripes<N> {
     fn default() -> Self {
+        Stripes::with_owned(owned_stripes())
+    }
+}
+
+impl<const N: usize> Stripes<N> {
+    /// Stripes of their own for the first `owned` threads to count, then the shared one.
+    fn with_owned(owned: usize) -> Self {
         Stripes {
-            stripes: (0..=owned_stripes())
+            stripes: (0..=owned)
                 .map(|_| Stripe(std::array::from_fn(|_| AtomicU64::new(0))))
                 .collect(),
         }
@@ -114,17 +121,18 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
-    #[test]
-    fn adds_from_many_threads_are_all_counted() {
-        // More threads than owned stripes: some count in stripes of their own, the rest in the
-        // shared one.
-        let threads = owned_stripes() + 6;
-        let c = Arc::new(Stripes::<2>::default());
+    /// `threads` threads add to `c` at once; each checks it counts in the kind of stripe
+    /// `shared` says. Returns what they added.
+    fn hammer(c: &Arc<Stripes<2>>, threads: usize, shared: Option<bool>) -> u64 {
+        const ADDS: u64 = 100_000;
         let handles: Vec<_> = (0..threads)
             .map(|_| {
-                let c = Arc::clone(&c);
+                let c = Arc::clone(c);
                 std::thread::spawn(move || {
-                    for _ in 0..100_000 {
+                    if let Some(shared) = shared {
+                        assert_eq!(c.local().shared, shared);
+                    }
+                    for _ in 0..ADDS {
                         c.add(0, 1);
                         c.local().add(1, 3);
                     }
@@ -134,8 +142,26 @@ mod tests {
         for h in handles {
             h.join().unwrap();
         }
-        assert_eq!(c.sum(0), threads as u64 * 100_000);
-        assert_eq!(c.sum(1), threads as u64 * 300_000);
+        threads as u64 * ADDS
+    }
+
+    #[test]
+    fn adds_from_many_threads_are_all_counted() {
+        // Every thread in a stripe of its own: the plain load-and-store adds. Thread numbers are
+        // handed out process-wide as threads first count, so the stripes owned reach well past
+        // the numbers these threads (and any test running beside) will take.
+        let first = NEXT_THREAD.load(Ordering::Relaxed);
+        let owned = Arc::new(Stripes::<2>::with_owned(first + 1024));
+        let n = hammer(&owned, 8, Some(false));
+        assert_eq!((owned.sum(0), owned.sum(1)), (n, 3 * n));
+        // Every thread in the shared stripe: the atomic adds.
+        let shared = Arc::new(Stripes::<2>::with_owned(0));
+        let n = hammer(&shared, 8, Some(true));
+        assert_eq!((shared.sum(0), shared.sum(1)), (n, 3 * n));
+        // As configured: some of each, depending on the threads that counted before.
+        let mixed = Arc::new(Stripes::<2>::default());
+        let n = hammer(&mixed, owned_stripes() + 6, None);
+        assert_eq!((mixed.sum(0), mixed.sum(1)), (n, 3 * n));
     }
 
     #[test]
