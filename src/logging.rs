@@ -19,11 +19,17 @@ use std::time::Duration;
 use rustix::event::{PollFd, PollFlags};
 use tokio::sync::Notify;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+
+use crate::config::LogFormat;
 
 /// The most bytes a pipe with room is guaranteed to take in one write (`PIPE_BUF` on Linux).
 const CHUNK: usize = 4096;
 /// How soon a stalled output is tried again.
 const RETRY: Duration = Duration::from_millis(10);
+/// The target the notice of dropped lines names.
+const TARGET: &str = "weir::logging";
 
 /// The queue of log lines waiting for the output; cheap to clone.
 #[derive(Clone)]
@@ -34,6 +40,8 @@ struct Shared {
     ready: Notify,
     /// Bytes the queue holds at most; lines beyond are dropped and counted.
     capacity: usize,
+    /// The format of the lines, which the notice of dropped lines follows.
+    format: LogFormat,
 }
 
 #[derive(Default)]
@@ -43,11 +51,13 @@ struct Queue {
 }
 
 impl Logs {
-    pub fn new(capacity: usize) -> Logs {
+    /// A queue of at most `capacity` bytes of lines in `format`.
+    pub fn new(capacity: usize, format: LogFormat) -> Logs {
         Logs(Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             ready: Notify::new(),
             capacity,
+            format,
         }))
     }
 
@@ -74,10 +84,7 @@ impl Logs {
         let dropped = std::mem::take(&mut queue.dropped);
         if dropped > 0 {
             // The lines before the gap were written; say so where the gap is.
-            let _ = writeln!(
-                batch,
-                "weir: {dropped} log lines dropped: the log output was not taking them"
-            );
+            dropped_notice(batch, dropped, self.0.format);
         }
         if batch.is_empty() {
             std::mem::swap(batch, &mut queue.bytes);
@@ -128,6 +135,21 @@ impl Logs {
             }
         }
     }
+}
+
+/// A warning line that `dropped` lines are missing, in the log's own format, so that a JSON log
+/// pipeline parses it like any other line.
+fn dropped_notice(out: &mut Vec<u8>, dropped: u64, format: LogFormat) {
+    let mut at = String::new();
+    let _ = SystemTime.format_time(&mut Writer::new(&mut at));
+    let message = "log lines dropped: the log output was not taking them";
+    let _ = match format {
+        LogFormat::Text => writeln!(out, "{at}  WARN {TARGET}: {message} dropped={dropped}"),
+        LogFormat::Json => writeln!(
+            out,
+            r#"{{"timestamp":"{at}","level":"WARN","message":"{message}","dropped":{dropped},"target":"{TARGET}"}}"#
+        ),
+    };
 }
 
 /// Writes the start of `bytes` when `out` has room within `wait` milliseconds: `None` when it
@@ -215,7 +237,7 @@ mod tests {
     #[test]
     fn lines_reach_the_output_whole_and_in_order() {
         on_own_runtime(async {
-            let logs = Logs::new(1 << 20);
+            let logs = Logs::new(1 << 20, LogFormat::Text);
             let (out, mut reader) = UnixStream::pair().unwrap();
             let drain = tokio::spawn({
                 let logs = logs.clone();
@@ -238,7 +260,7 @@ mod tests {
     #[test]
     fn a_stalled_output_blocks_nothing_and_costs_counted_lines() {
         on_own_runtime(async {
-            let logs = Logs::new(64 * 1024);
+            let logs = Logs::new(64 * 1024, LogFormat::Text);
             let (out, mut reader) = UnixStream::pair().unwrap();
             let drain = tokio::spawn({
                 let logs = logs.clone();
@@ -266,13 +288,8 @@ mod tests {
                     let lines = text.lines().filter(|l| l.starts_with("line ")).count();
                     let dropped: usize = text
                         .lines()
-                        .filter_map(|l| {
-                            l.strip_prefix("weir: ")?
-                                .split(' ')
-                                .next()?
-                                .parse::<usize>()
-                                .ok()
-                        })
+                        .filter(|l| l.contains(" WARN weir::logging: log lines dropped"))
+                        .filter_map(|l| l.rsplit("dropped=").next()?.parse::<usize>().ok())
                         .sum();
                     if lines + dropped >= n {
                         return (lines, dropped);
@@ -295,12 +312,33 @@ mod tests {
     }
 
     #[test]
+    fn the_notice_of_dropped_lines_is_a_line_of_the_logs_format() {
+        let logs = Logs::new(16, LogFormat::Json);
+        let line = br#"{"message":"a line too long for the queue"}"#;
+        logs.make_writer().write_all(line).unwrap();
+        logs.make_writer().write_all(line).unwrap();
+        let mut batch = Vec::new();
+        logs.take(&mut batch);
+        let notice: serde_json::Value = serde_json::from_slice(&batch).unwrap();
+        assert_eq!(notice["level"], "WARN");
+        assert_eq!(notice["dropped"], 2);
+        assert!(notice["timestamp"].as_str().is_some_and(|t| !t.is_empty()));
+
+        let logs = Logs::new(16, LogFormat::Text);
+        logs.make_writer().write_all(line).unwrap();
+        let mut batch = Vec::new();
+        logs.take(&mut batch);
+        let text = String::from_utf8(batch).unwrap();
+        assert!(text.ends_with(" WARN weir::logging: log lines dropped: the log output was not taking them dropped=1\n"), "{text}");
+    }
+
+    #[test]
     fn flush_writes_what_is_left_and_gives_up_on_a_full_output() {
         bounded(flush_then_give_up);
     }
 
     fn flush_then_give_up() {
-        let logs = Logs::new(1 << 20);
+        let logs = Logs::new(1 << 20, LogFormat::Text);
         let (out, mut reader) = UnixStream::pair().unwrap();
         logs.make_writer().write_all(b"last words\n").unwrap();
         logs.flush(&out, Duration::from_secs(5));

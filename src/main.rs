@@ -150,7 +150,7 @@ fn init_logging(log: &LogConfig) -> Logs {
             filter = filter.add_directive(off);
         }
     }
-    let logs = Logs::new(LOG_QUEUE_BYTES);
+    let logs = Logs::new(LOG_QUEUE_BYTES, log.format);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(logs.clone());
