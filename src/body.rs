@@ -34,12 +34,59 @@ pub enum BodyError {
     Upstream(#[source] BoxError),
 }
 
+/// Body frames read ahead of sending, in order. Most bodies read ahead are one piece of data
+/// (a small answer, or the start of an upload): it is held inline, and only a second frame, or
+/// trailers, takes an allocation. A `VecDeque` alone costs an allocation and a free per response.
+#[derive(Debug, Default)]
+pub struct Frames {
+    /// The first piece of data, when it came first; empty when there is none.
+    first: Bytes,
+    /// Every later frame (or every frame, when the first was not data).
+    rest: VecDeque<Frame<Bytes>>,
+}
+
+impl Frames {
+    pub fn push_back(&mut self, frame: Frame<Bytes>) {
+        if self.first.is_empty() && self.rest.is_empty() {
+            match frame.into_data() {
+                // An empty piece of data says nothing: it is dropped.
+                Ok(data) => self.first = data,
+                Err(frame) => self.rest.push_back(frame),
+            }
+        } else {
+            self.rest.push_back(frame);
+        }
+    }
+
+    pub fn pop_front(&mut self) -> Option<Frame<Bytes>> {
+        if self.first.is_empty() {
+            self.rest.pop_front()
+        } else {
+            Some(Frame::data(std::mem::take(&mut self.first)))
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.first.is_empty() && self.rest.is_empty()
+    }
+
+    /// Bytes of data held.
+    fn data_len(&self) -> u64 {
+        let rest: u64 = self
+            .rest
+            .iter()
+            .map(|f| f.data_ref().map_or(0, |d| d.len() as u64))
+            .sum();
+        self.first.len() as u64 + rest
+    }
+}
+
 pub enum ResponseBody {
     /// A complete body of weir's own (error pages).
     Full { data: Option<Bytes> },
     /// The backend's whole response, read before the head was sent; its slot is already free.
     Buffered {
-        frames: VecDeque<Frame<Bytes>>,
+        frames: Frames,
         reservation: Reservation,
     },
     /// The backend's body, streamed. Boxed: the common small answer is buffered, and this
@@ -51,7 +98,7 @@ pin_project! {
     /// A streamed backend body: first what was buffered, then the rest as it comes.
     #[project = StreamingProj]
     pub struct Streaming {
-        prefix: VecDeque<Frame<Bytes>>,
+        prefix: Frames,
         reservation: Reservation,
         #[pin]
         inner: BackendBody,
@@ -85,7 +132,7 @@ impl ResponseBody {
     /// Streams `inner` under `deadline`, holding `permit` until the backend is done.
     pub fn upstream(inner: BackendBody, permit: Permit, deadline: Instant) -> ResponseBody {
         Self::upstream_after(
-            VecDeque::new(),
+            Frames::default(),
             Reservation::default(),
             inner,
             permit,
@@ -95,7 +142,7 @@ impl ResponseBody {
 
     /// Like [`ResponseBody::upstream`], sending the already-read `prefix` first.
     pub fn upstream_after(
-        prefix: VecDeque<Frame<Bytes>>,
+        prefix: Frames,
         reservation: Reservation,
         inner: BackendBody,
         permit: Permit,
@@ -123,7 +170,7 @@ impl ResponseBody {
     }
 
     /// A response read whole; `reservation` holds its bytes in the buffer budget until sent.
-    pub fn buffered(frames: VecDeque<Frame<Bytes>>, reservation: Reservation) -> ResponseBody {
+    pub fn buffered(frames: Frames, reservation: Reservation) -> ResponseBody {
         ResponseBody::Buffered {
             frames,
             reservation,
@@ -225,8 +272,8 @@ impl Body for ResponseBody {
             ResponseBody::Full { data } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            ResponseBody::Buffered { frames, .. } => SizeHint::with_exact(data_len(frames)),
-            ResponseBody::Upstream(s) => hint_after(data_len(&s.prefix), s.inner.size_hint()),
+            ResponseBody::Buffered { frames, .. } => SizeHint::with_exact(frames.data_len()),
+            ResponseBody::Upstream(s) => hint_after(s.prefix.data_len(), s.inner.size_hint()),
         }
     }
 }
@@ -259,7 +306,7 @@ pub struct RequestBody {
 /// A request body that is not empty.
 struct Upload {
     /// Frames read before admission, in order.
-    buffered: VecDeque<Frame<Bytes>>,
+    buffered: Frames,
     /// The part still to be read from the client; `None` once it has ended.
     client: Option<Incoming>,
     /// The buffer budget held by `buffered`, given back when the body is dropped.
@@ -292,7 +339,7 @@ impl RequestBody {
         RequestBody {
             upload: Some(Box::new(Upload {
                 client: Some(inner),
-                buffered: VecDeque::new(),
+                buffered: Frames::default(),
                 _reservation: Reservation::default(),
                 timer: None,
                 listener: Arc::clone(listener),
@@ -455,20 +502,12 @@ impl Body for RequestBody {
         let Some(upload) = self.upload.as_ref() else {
             return SizeHint::with_exact(0);
         };
-        let buffered = data_len(&upload.buffered);
+        let buffered = upload.buffered.data_len();
         match &upload.client {
             None => SizeHint::with_exact(buffered),
             Some(client) => hint_after(buffered, client.size_hint()),
         }
     }
-}
-
-/// Bytes of data in `frames`.
-fn data_len(frames: &VecDeque<Frame<Bytes>>) -> u64 {
-    frames
-        .iter()
-        .map(|f| f.data_ref().map_or(0, |d| d.len() as u64))
-        .sum()
 }
 
 /// The size of a body made of `before` bytes already read, then a stream hinted as `rest`.
@@ -479,4 +518,59 @@ fn hint_after(before: u64, rest: SizeHint) -> SizeHint {
         hint.set_upper(before + upper);
     }
     hint
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(s: &'static str) -> Frame<Bytes> {
+        Frame::data(Bytes::from_static(s.as_bytes()))
+    }
+
+    /// What a body made of `frames` sends, in order: data as text, trailers as their count.
+    fn drain(frames: &mut Frames) -> Vec<String> {
+        std::iter::from_fn(|| frames.pop_front())
+            .map(|f| match f.into_data() {
+                Ok(d) => String::from_utf8_lossy(&d).into_owned(),
+                Err(f) => format!("trailers:{}", f.into_trailers().map_or(0, |t| t.len())),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn frames_keep_their_order_whether_inline_or_queued() {
+        let trailers = || {
+            let mut t = http::HeaderMap::new();
+            t.insert("x-checksum", http::HeaderValue::from_static("1"));
+            Frame::trailers(t)
+        };
+        let mut f = Frames::default();
+        assert!(f.is_empty());
+        f.push_back(data("ab"));
+        f.push_back(data("cde"));
+        f.push_back(trailers());
+        assert_eq!(f.data_len(), 5);
+        assert_eq!(drain(&mut f), ["ab", "cde", "trailers:1"]);
+        assert!(f.is_empty());
+
+        // Trailers first: what follows queues behind them, not before.
+        f.push_back(trailers());
+        f.push_back(data("x"));
+        assert_eq!(drain(&mut f), ["trailers:1", "x"]);
+
+        // Taken and refilled: the first piece is inline again, and ahead of the later ones.
+        f.push_back(data("1"));
+        assert_eq!(
+            f.pop_front().and_then(|f| f.into_data().ok()).as_deref(),
+            Some(&b"1"[..])
+        );
+        f.push_back(data("2"));
+        f.push_back(data("3"));
+        assert_eq!(drain(&mut f), ["2", "3"]);
+
+        // An empty piece of data carries nothing.
+        f.push_back(data(""));
+        assert!(f.is_empty());
+    }
 }

@@ -11,7 +11,7 @@ use http::{Method, Response, Version};
 use tokio::time::Instant;
 
 use crate::admission::{Pool, Rejected};
-use crate::body::{RequestBody, RequestBodyError, ResponseBody};
+use crate::body::{Frames, RequestBody, RequestBodyError, ResponseBody};
 use crate::buffer::{BufferPool, Reservation};
 use crate::client::{BackendBody, Client, ClientError, ClientSettings, SetFields};
 use crate::config::{OversizedBody, Protocol, UpstreamConfig};
@@ -20,7 +20,6 @@ use crate::error::{BoxError, ProxyError};
 use crate::stats::ListenerInfo;
 use http_body::Body as _;
 use http_body_util::BodyExt;
-use std::collections::VecDeque;
 
 /// Called after a request is admitted and before it is forwarded. Tests use it to inject faults
 /// (a panic) at the point where a slot is held; production runs have none.
@@ -186,7 +185,7 @@ impl Upstream {
         timer: &mut LentTimer<'_>,
         buffers: &BufferPool,
     ) -> Result<ResponseBody, ProxyError> {
-        let mut frames = VecDeque::new();
+        let mut frames = Frames::default();
         let mut reservation = Reservation::default();
         let mut size = 0u64;
         loop {
