@@ -177,8 +177,9 @@ impl Client {
 
     /// Sends the request `parts` and `body` describe, and waits for the response head. The
     /// request URI must already be in the form the protocol wants (origin-form for HTTP/1.1).
-    /// The head is borrowed, not moved: it is a few hundred bytes that HTTP/1.1 only reads
-    /// (h2c, which needs it whole, takes it and leaves an empty one).
+    /// The head is borrowed, not moved: it is a few hundred bytes that HTTP/1.1 only reads, and
+    /// whose header map it then fills with the response's fields (h2c, which needs the head
+    /// whole, takes it and leaves an empty one).
     pub async fn send(
         &self,
         parts: &mut request::Parts,
@@ -216,7 +217,7 @@ impl Client {
 
     async fn send_h1(
         &self,
-        parts: &request::Parts,
+        parts: &mut request::Parts,
         mut body: RequestBody,
         set: SetFields<'_>,
     ) -> Result<Response<BackendBody>, ClientError> {

@@ -174,10 +174,15 @@ impl Conn {
     }
 
     /// Reads the final response head, skipping interim (1xx) ones.
-    fn poll_head(&mut self, cx: &mut Context<'_>, to_head: bool) -> Poll<Result<Head, Error>> {
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        to_head: bool,
+        spare: &mut HeaderMap,
+    ) -> Poll<Result<Head, Error>> {
         loop {
             if !self.buf.is_empty() {
-                match parse_head(&mut self.buf, to_head)? {
+                match parse_head(&mut self.buf, to_head, spare)? {
                     Parsed::Final(head) => return Poll::Ready(Ok(head)),
                     Parsed::Interim => continue,
                     Parsed::Partial if self.buf.len() >= MAX_HEAD => {
@@ -307,7 +312,11 @@ enum Parsed {
 /// values are copied out: a value that shared the read buffer would cost two atomic operations
 /// (its reference taken and dropped) and keep the buffer from being reused until hyper has written
 /// it, where a copy of a few bytes costs less.
-fn parse_head(buf: &mut BytesMut, to_head: bool) -> Result<Parsed, Error> {
+///
+/// The fields go into `spare`'s map, emptied, when the head is final: the request's own, no longer
+/// needed once its answer has come. hyper keeps a response's map to parse the connection's next
+/// request into, so one map serves every exchange of a connection without being allocated anew.
+fn parse_head(buf: &mut BytesMut, to_head: bool, spare: &mut HeaderMap) -> Result<Parsed, Error> {
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
@@ -332,7 +341,9 @@ fn parse_head(buf: &mut BytesMut, to_head: bool) -> Result<Parsed, Error> {
         Version::HTTP_11
     };
     let status = StatusCode::from_u16(code).map_err(|_| Error::Invalid("invalid status code"))?;
-    let mut headers = HeaderMap::with_capacity(res.headers.len());
+    let mut headers = std::mem::take(spare);
+    headers.clear();
+    headers.reserve(res.headers.len());
     let mut seen = Seen::default();
     for h in &*res.headers {
         let name = HeaderName::from_bytes(h.name.as_bytes())
@@ -653,10 +664,11 @@ fn idempotent(method: &Method) -> bool {
 
 /// Sends a request on `conn`, its head with `set`'s fields, and returns the response once its
 /// head has arrived. `pooled` says the connection was idle in the pool (a retry on another one is
-/// then worth it).
+/// then worth it). The response's fields take the place of the request's in `parts`, whose map
+/// they reuse: `parts` keeps its fields until the answer's head is complete, for a retry.
 pub(crate) async fn send(
     mut conn: Box<Conn>,
-    parts: &request::Parts,
+    parts: &mut request::Parts,
     set: SetFields<'_>,
     body: RequestBody,
     pooled: bool,
@@ -694,7 +706,7 @@ pub(crate) async fn send(
                 Poll::Pending => {}
             }
         }
-        match ready!(conn.poll_head(cx, to_head)) {
+        match ready!(conn.poll_head(cx, to_head, &mut parts.headers)) {
             Err(e) => Poll::Ready(Err(write_failed.take().unwrap_or(e))),
             ok => Poll::Ready(ok),
         }
@@ -836,7 +848,7 @@ mod tests {
     };
 
     fn head(raw: &str) -> Result<Parsed, Error> {
-        parse_head(&mut BytesMut::from(raw), false)
+        parse_head(&mut BytesMut::from(raw), false, &mut HeaderMap::new())
     }
 
     fn final_head(raw: &str) -> Head {
@@ -844,6 +856,32 @@ mod tests {
             Ok(Parsed::Final(h)) => h,
             _ => panic!("not a final head: {raw:?}"),
         }
+    }
+
+    #[test]
+    fn a_final_head_reuses_the_request_map_and_nothing_of_its_fields() {
+        let mut request = HeaderMap::new();
+        request.insert("authorization", HeaderValue::from_static("secret"));
+        request.append("x-a", HeaderValue::from_static("request"));
+        let mut buf = BytesMut::from("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nx-a: b\r\n");
+        // Neither an interim nor an unfinished head takes the map: a retry still needs it.
+        assert!(matches!(
+            parse_head(&mut buf, false, &mut request),
+            Ok(Parsed::Interim)
+        ));
+        assert!(matches!(
+            parse_head(&mut buf, false, &mut request),
+            Ok(Parsed::Partial)
+        ));
+        assert_eq!(request.len(), 2);
+        buf.extend_from_slice(b"content-length: 0\r\n\r\n");
+        let Ok(Parsed::Final(head)) = parse_head(&mut buf, false, &mut request) else {
+            panic!("not a final head");
+        };
+        assert!(request.is_empty());
+        assert_eq!(head.headers.len(), 2);
+        assert_eq!(head.headers["x-a"], "b");
+        assert!(!head.headers.contains_key("authorization"));
     }
 
     #[test]
