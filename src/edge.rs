@@ -8,7 +8,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -62,7 +62,14 @@ pub struct Conn {
     pub proxy: Arc<Proxy>,
     pub client: ClientInfo,
     /// Requests whose response has not finished: non-zero means the connection is not idle.
+    /// Changed by [`InProgress`]: with atomic read-modify-writes on HTTP/2, whose requests end on
+    /// tasks of their own; with a load and a store on HTTP/1, whose requests start, run and end
+    /// one at a time on the connection's task.
     in_progress: AtomicUsize,
+    /// HTTP/1: set while the connection task waits to be woken when idle. Waking an
+    /// `AtomicWaker` costs two atomic operations even when nothing is registered, and an HTTP/1
+    /// connection task seldom is (see [`GuardedIo`]'s check-in).
+    wants_idle: AtomicBool,
     /// When the last request finished, in nanoseconds from `opened`: where the idle deadline
     /// counts from, however late [`GuardedIo`] notices.
     finished: AtomicU64,
@@ -78,6 +85,7 @@ impl Conn {
             proxy,
             client,
             in_progress: AtomicUsize::new(0),
+            wants_idle: AtomicBool::new(false),
             finished: AtomicU64::new(0),
             opened: Instant::now(),
             idle_waker: AtomicWaker::new(),
@@ -90,6 +98,7 @@ impl Conn {
 
     /// Asks to be woken when the connection becomes idle. Once: the wake-up takes the waker.
     pub fn wake_when_idle(&self, waker: &std::task::Waker) {
+        self.wants_idle.store(true, Ordering::Relaxed);
         self.idle_waker.register(waker);
     }
 
@@ -101,24 +110,46 @@ impl Conn {
 
 /// A request in progress on its connection, from the moment hyper hands it over until its response
 /// body is finished or dropped.
-pub struct InProgress(Arc<Conn>);
+pub struct InProgress {
+    conn: Arc<Conn>,
+    /// HTTP/2: the request may end on another thread than the connection's task, while others
+    /// start. HTTP/1: hyper calls the service, polls its future and drops its body on the
+    /// connection's task, one request at a time, so nothing changes the count concurrently.
+    shared: bool,
+}
 
 impl InProgress {
-    fn new(conn: Arc<Conn>) -> InProgress {
-        conn.in_progress.fetch_add(1, Ordering::AcqRel);
-        InProgress(conn)
+    fn new(conn: Arc<Conn>, shared: bool) -> InProgress {
+        let count = &conn.in_progress;
+        if shared {
+            count.fetch_add(1, Ordering::AcqRel);
+        } else {
+            count.store(count.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
+        InProgress { conn, shared }
     }
 }
 
 impl Drop for InProgress {
     fn drop(&mut self) {
-        let conn = &self.0;
+        let conn = &self.conn;
         // Stored before the count, which publishes it. (HTTP/2 streams that finish at once on
         // two threads may leave the earlier time: off by microseconds.)
         let nanos = u64::try_from(conn.opened.elapsed().as_nanos()).unwrap_or(u64::MAX);
         conn.finished.store(nanos, Ordering::Relaxed);
-        if conn.in_progress.fetch_sub(1, Ordering::AcqRel) == 1 {
-            conn.idle_waker.wake();
+        let count = &conn.in_progress;
+        if self.shared {
+            if count.fetch_sub(1, Ordering::AcqRel) == 1 {
+                conn.idle_waker.wake();
+            }
+        } else {
+            let left = count.load(Ordering::Relaxed).saturating_sub(1);
+            count.store(left, Ordering::Relaxed);
+            // On the connection's task too: the flag cannot be set between this load and the wake.
+            if left == 0 && conn.wants_idle.load(Ordering::Relaxed) {
+                conn.wants_idle.store(false, Ordering::Relaxed);
+                conn.idle_waker.wake();
+            }
         }
     }
 }
@@ -378,7 +409,7 @@ where
 {
     let io = TokioIo::new(io);
     let service = service_fn(move |req| {
-        let request = InProgress::new(Arc::clone(&conn));
+        let request = InProgress::new(Arc::clone(&conn), h2);
         // Boxed per request: hyper keeps the slot for a connection's request future for the
         // connection's whole life, so an idle keep-alive connection would hold kilobytes. The
         // box is allocated before the future is made, so that the future is made in it: made
@@ -387,7 +418,7 @@ where
         Box::into_pin(Box::write(boxed, async move {
             // Pinned in a statement of its own (see `Proxy::handle`).
             let (response, mut record) = {
-                let handled = std::pin::pin!(request.0.proxy.handle(req, &request.0.client));
+                let handled = std::pin::pin!(request.conn.proxy.handle(req, &request.conn.client));
                 handled.await
             };
             if response.body().is_end_stream() {
