@@ -3,7 +3,9 @@
 //!
 //! A [`Permit`] owns its slot and a waiting request owns its queue place: dropping either (the
 //! request finished, failed, timed out, panicked, or its client went away and hyper dropped the
-//! future) gives it back. There is no release call to forget.
+//! future) gives it back. There is no release call to forget. A permit borrows its pool, which
+//! costs nothing; one that must outlive the request's future (a response body still streaming)
+//! becomes an [`OwnedPermit`], which holds a reference to the pool.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -51,10 +53,16 @@ pub struct Pool {
 
 /// A slot in the pool, released when dropped.
 #[derive(Debug)]
-pub struct Permit {
-    pool: Arc<Pool>,
+pub struct Permit<'a> {
+    pool: &'a Arc<Pool>,
     /// How long the request waited in the queue (zero when a slot was free at once).
     queue_wait: Duration,
+}
+
+/// A slot in the pool held beyond the request's future, released when dropped.
+#[derive(Debug)]
+pub struct OwnedPermit {
+    pool: Arc<Pool>,
 }
 
 /// A place in the queue, given back when dropped (admitted, timed out, or client gone).
@@ -76,7 +84,7 @@ impl Pool {
 
     /// Waits for a slot: at once if one is free, in the queue for at most `queue_timeout`
     /// otherwise, or not at all when the queue is full.
-    pub async fn admit(self: &Arc<Self>) -> Result<Permit, Rejected> {
+    pub async fn admit(self: &Arc<Self>) -> Result<Permit<'_>, Rejected> {
         if let Ok(slot) = self.slots.try_acquire() {
             slot.forget();
             return Ok(self.permit(Duration::ZERO));
@@ -87,7 +95,7 @@ impl Pool {
     }
 
     /// Waits in the queue for a slot, up to `queue_timeout`.
-    async fn wait(self: &Arc<Self>) -> Result<Permit, Rejected> {
+    async fn wait(self: &Arc<Self>) -> Result<Permit<'_>, Rejected> {
         let _place = self.enter_queue()?;
         let start = Instant::now();
         let timeout = Duration::from_nanos(self.queue_timeout_nanos.load(Ordering::Relaxed));
@@ -137,12 +145,27 @@ impl Pool {
             .map_err(|_| Rejected::QueueFull)
     }
 
-    fn permit(self: &Arc<Self>, queue_wait: Duration) -> Permit {
+    fn permit(self: &Arc<Self>, queue_wait: Duration) -> Permit<'_> {
         self.in_flight.add(0, 1);
         Permit {
-            pool: Arc::clone(self),
+            pool: self,
             queue_wait,
         }
+    }
+
+    /// Gives a slot back: to the semaphore, or to a retirement a lowered limit asked for.
+    fn release(&self) {
+        self.in_flight.add(0, 1u64.wrapping_neg());
+        // Almost always zero: one relaxed load on the common path.
+        if self.retiring.load(Ordering::Relaxed) > 0
+            && self
+                .retiring
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1))
+                .is_ok()
+        {
+            return;
+        }
+        self.slots.add_permits(1);
     }
 
     /// Requests waiting for a slot now.
@@ -174,30 +197,39 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-impl Permit {
+impl<'a> Permit<'a> {
     pub fn queue_wait(&self) -> Duration {
         self.queue_wait
     }
 
+    pub fn counters(&self) -> &'a Counters {
+        &self.pool.counters
+    }
+
+    /// The slot, held on past the pool's borrow.
+    pub fn into_owned(self) -> OwnedPermit {
+        let pool = Arc::clone(self.pool);
+        // The slot passes to the owned permit: not released here.
+        std::mem::forget(self);
+        OwnedPermit { pool }
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.pool.release();
+    }
+}
+
+impl OwnedPermit {
     pub fn counters(&self) -> &Counters {
         &self.pool.counters
     }
 }
 
-impl Drop for Permit {
+impl Drop for OwnedPermit {
     fn drop(&mut self) {
-        let pool = &self.pool;
-        pool.in_flight.add(0, 1u64.wrapping_neg());
-        // Almost always zero: one relaxed load on the common path.
-        if pool.retiring.load(Ordering::Relaxed) > 0
-            && pool
-                .retiring
-                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1))
-                .is_ok()
-        {
-            return;
-        }
-        pool.slots.add_permits(1);
+        self.pool.release();
     }
 }
 
@@ -319,6 +351,18 @@ mod tests {
         assert_eq!(pool.in_flight(), 0);
         let _x = pool.admit().await.unwrap();
         let _y = pool.admit().await.unwrap();
+        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_owned_permit_holds_the_slot_once_until_dropped() {
+        let pool = Arc::new(Pool::new(1, 0, Duration::from_secs(1)));
+        let owned = pool.admit().await.unwrap().into_owned();
+        assert_eq!(pool.in_flight(), 1);
+        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+        drop(owned);
+        assert_eq!(pool.in_flight(), 0);
+        let _again = pool.admit().await.unwrap();
         assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
     }
 

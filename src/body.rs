@@ -15,7 +15,7 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
 
-use crate::admission::Permit;
+use crate::admission::{OwnedPermit, Permit};
 use crate::buffer::{BufferFull, BufferPool, Reservation};
 use crate::client::BackendBody;
 use crate::error::{BoxError, Reason, UpstreamErrorKind};
@@ -116,7 +116,7 @@ pin_project! {
 /// end, before the slot is freed.)
 #[derive(Debug)]
 pub struct Exchange {
-    permit: Permit,
+    permit: OwnedPermit,
     /// Set once the exchange ended on its own (complete, or counted as an error), so that `Drop`
     /// can tell a client that went away mid-response from a normal finish.
     ended: bool,
@@ -130,7 +130,7 @@ impl ResponseBody {
     }
 
     /// Streams `inner` under `deadline`, holding `permit` until the backend is done.
-    pub fn upstream(inner: BackendBody, permit: Permit, deadline: Instant) -> ResponseBody {
+    pub fn upstream(inner: BackendBody, permit: Permit<'_>, deadline: Instant) -> ResponseBody {
         Self::upstream_after(
             Frames::default(),
             Reservation::default(),
@@ -145,7 +145,7 @@ impl ResponseBody {
         prefix: Frames,
         reservation: Reservation,
         inner: BackendBody,
-        permit: Permit,
+        permit: Permit<'_>,
         deadline: Instant,
     ) -> ResponseBody {
         // A body that is already complete (204, 304, HEAD, Content-Length: 0) may never be polled:
@@ -155,7 +155,7 @@ impl ResponseBody {
             None
         } else {
             Some(Exchange {
-                permit,
+                permit: permit.into_owned(),
                 ended: false,
             })
         };

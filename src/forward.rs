@@ -180,7 +180,7 @@ impl Upstream {
     async fn buffer_response(
         &self,
         mut body: BackendBody,
-        permit: crate::admission::Permit,
+        permit: crate::admission::Permit<'_>,
         deadline: Instant,
         timer: &mut LentTimer<'_>,
         buffers: &BufferPool,
