@@ -117,6 +117,21 @@ impl Body for BackendBody {
     }
 }
 
+impl BackendBody {
+    /// The next frame, for a caller that holds the client the body came from: an HTTP/1.1
+    /// connection whose exchange ends goes back to its pool without a reference taken to it.
+    pub fn poll_frame_from(
+        &mut self,
+        cx: &mut Context<'_>,
+        client: &Client,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self {
+            BackendBody::H1(b) => b.poll_frame_home(cx, &client.shared).map_err(Into::into),
+            BackendBody::H2(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+}
+
 /// How the client connects and how long it keeps idle connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientSettings {

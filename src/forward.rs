@@ -19,7 +19,6 @@ use crate::deadline::{LentTimer, TimerSlot};
 use crate::error::{BoxError, ProxyError};
 use crate::stats::ListenerInfo;
 use http_body::Body as _;
-use http_body_util::BodyExt;
 
 /// Called after a request is admitted and before it is forwarded. Tests use it to inject faults
 /// (a panic) at the point where a slot is held; production runs have none.
@@ -192,7 +191,8 @@ impl Upstream {
             let frame = if body.is_end_stream() {
                 None
             } else {
-                match timer.limit(body.frame()).await {
+                let frame = std::future::poll_fn(|cx| body.poll_frame_from(cx, &self.client));
+                match timer.limit(frame).await {
                     None => return Err(ProxyError::UpstreamTimeout),
                     Some(frame) => frame,
                 }

@@ -739,7 +739,7 @@ pub(crate) async fn send(
     };
     if body.decode == Decode::Length(0) {
         body.decode = Decode::Done;
-        body.finish();
+        body.finish(None);
     }
     let mut response = Response::new(body);
     *response.status_mut() = head.status;
@@ -760,16 +760,34 @@ pub struct Body {
 
 impl Body {
     /// The response has ended: the connection goes back to the pool if it can carry another
-    /// request, and is closed otherwise.
-    fn finish(&mut self) {
+    /// request, and is closed otherwise. `home` is its pool when the caller has it at hand;
+    /// otherwise the connection's weak reference finds it, at the cost of a reference taken and
+    /// dropped (two atomic operations).
+    fn finish(&mut self, home: Option<&Shared>) {
         let Some(conn) = self.conn.take() else { return };
         let clean = self.keep_alive && self.upload.is_none() && conn.buf.is_empty();
         self.upload = None;
-        if clean {
-            if let Some(pool) = conn.home.upgrade() {
-                pool.put_back(conn.idle());
+        if !clean {
+            return;
+        }
+        match home {
+            Some(pool) if std::ptr::eq(conn.home.as_ptr(), pool) => pool.put_back(conn.idle()),
+            _ => {
+                if let Some(pool) = conn.home.upgrade() {
+                    pool.put_back(conn.idle());
+                }
             }
         }
+    }
+
+    /// The next frame, as [`http_body::Body::poll_frame`], for a caller that holds the
+    /// connection's pool: a connection that ends its exchange goes back to it directly.
+    pub(crate) fn poll_frame_home(
+        &mut self,
+        cx: &mut Context<'_>,
+        home: &Shared,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        self.poll_next(cx, Some(home))
     }
 
     /// Ends the body with `e`; the connection is closed.
@@ -789,7 +807,29 @@ impl http_body::Body for Body {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        let this = self.get_mut();
+        self.get_mut().poll_next(cx, None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.decode == Decode::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.decode {
+            Decode::Length(n) => SizeHint::with_exact(n),
+            Decode::Done => SizeHint::with_exact(0),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+impl Body {
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        home: Option<&Shared>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let this = self;
         let Some(conn) = this.conn.as_mut() else {
             return Poll::Ready(None);
         };
@@ -812,26 +852,14 @@ impl http_body::Body for Body {
             Some(Err(e)) => this.fail(e),
             Some(Ok(frame)) => {
                 if this.decode == Decode::Done {
-                    this.finish();
+                    this.finish(home);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             None => {
-                this.finish();
+                this.finish(home);
                 Poll::Ready(None)
             }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.decode == Decode::Done
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.decode {
-            Decode::Length(n) => SizeHint::with_exact(n),
-            Decode::Done => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
         }
     }
 }
