@@ -37,6 +37,7 @@ pub enum BodyError {
 /// Body frames read ahead of sending, in order. Most bodies read ahead are one piece of data
 /// (a small answer, or the start of an upload): it is held inline, and only a second frame, or
 /// trailers, takes an allocation. A `VecDeque` alone costs an allocation and a free per response.
+/// (64 bytes: a whole answer leaves it as [`ResponseBody::Full`] or [`ResponseBody::Buffered`].)
 #[derive(Debug, Default)]
 pub struct Frames {
     /// The first piece of data, when it came first; empty when there is none.
@@ -72,21 +73,33 @@ impl Frames {
 
     /// Bytes of data held.
     fn data_len(&self) -> u64 {
-        let rest: u64 = self
-            .rest
-            .iter()
-            .map(|f| f.data_ref().map_or(0, |d| d.len() as u64))
-            .sum();
-        self.first.len() as u64 + rest
+        self.first.len() as u64 + data_len(&self.rest)
     }
 }
 
+/// Bytes of data in `frames`.
+fn data_len(frames: &VecDeque<Frame<Bytes>>) -> u64 {
+    frames
+        .iter()
+        .map(|f| f.data_ref().map_or(0, |d| d.len() as u64))
+        .sum()
+}
+
+/// Every response is moved several times on its way to hyper, so the variants are kept small:
+/// 48 bytes, and the tag. (With the read-ahead's 64-byte [`Frames`] in it, at 80 bytes, weir
+/// measured 3% to 4% more user-space cycles per request.)
 pub enum ResponseBody {
-    /// A complete body of weir's own (error pages).
-    Full { data: Option<Bytes> },
-    /// The backend's whole response, read before the head was sent; its slot is already free.
+    /// A complete body in one piece: weir's own answers (error pages), and the backend's whole
+    /// response when it was one piece of data (most small answers), which `reservation` holds in
+    /// the buffer budget until sent.
+    Full {
+        data: Option<Bytes>,
+        reservation: Reservation,
+    },
+    /// The backend's whole response in several frames, read before the head was sent; its slot
+    /// is already free.
     Buffered {
-        frames: Frames,
+        frames: VecDeque<Frame<Bytes>>,
         reservation: Reservation,
     },
     /// The backend's body, streamed. Boxed: the common small answer is buffered, and this
@@ -126,6 +139,7 @@ impl ResponseBody {
     pub fn full(data: Bytes) -> ResponseBody {
         ResponseBody::Full {
             data: (!data.is_empty()).then_some(data),
+            reservation: Reservation::default(),
         }
     }
 
@@ -171,8 +185,18 @@ impl ResponseBody {
 
     /// A response read whole; `reservation` holds its bytes in the buffer budget until sent.
     pub fn buffered(frames: Frames, reservation: Reservation) -> ResponseBody {
+        let Frames { first, mut rest } = frames;
+        if rest.is_empty() {
+            return ResponseBody::Full {
+                data: (!first.is_empty()).then_some(first),
+                reservation,
+            };
+        }
+        if !first.is_empty() {
+            rest.push_front(Frame::data(first));
+        }
         ResponseBody::Buffered {
-            frames,
+            frames: rest,
             reservation,
         }
     }
@@ -207,7 +231,7 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match self.get_mut() {
-            ResponseBody::Full { data } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            ResponseBody::Full { data, .. } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ResponseBody::Buffered { frames, .. } => Poll::Ready(frames.pop_front().map(Ok)),
             ResponseBody::Upstream(streaming) => {
                 let StreamingProj {
@@ -261,7 +285,7 @@ impl Body for ResponseBody {
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ResponseBody::Full { data } => data.is_none(),
+            ResponseBody::Full { data, .. } => data.is_none(),
             ResponseBody::Buffered { frames, .. } => frames.is_empty(),
             ResponseBody::Upstream(s) => s.prefix.is_empty() && s.inner.is_end_stream(),
         }
@@ -269,10 +293,10 @@ impl Body for ResponseBody {
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ResponseBody::Full { data } => {
+            ResponseBody::Full { data, .. } => {
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
-            ResponseBody::Buffered { frames, .. } => SizeHint::with_exact(frames.data_len()),
+            ResponseBody::Buffered { frames, .. } => SizeHint::with_exact(data_len(frames)),
             ResponseBody::Upstream(s) => hint_after(s.prefix.data_len(), s.inner.size_hint()),
         }
     }
@@ -572,5 +596,44 @@ mod tests {
         // An empty piece of data carries nothing.
         f.push_back(data(""));
         assert!(f.is_empty());
+    }
+
+    /// What `body` sends, in order, as [`drain`] writes it.
+    async fn sent(mut body: ResponseBody) -> Vec<String> {
+        let mut frames = Frames::default();
+        while let Some(frame) = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+        {
+            frames
+                .rest
+                .push_back(frame.unwrap_or_else(|e| panic!("{e}")));
+        }
+        drain(&mut frames)
+    }
+
+    #[tokio::test]
+    async fn a_whole_answer_is_sent_as_it_was_read_and_kept_small() {
+        // Every response is moved several times: the read-ahead (64 bytes) is not kept in it.
+        assert!(std::mem::size_of::<ResponseBody>() <= 56);
+
+        let mut one = Frames::default();
+        one.push_back(data("hello"));
+        let body = ResponseBody::buffered(one, Reservation::default());
+        assert!(matches!(body, ResponseBody::Full { .. }));
+        assert_eq!(body.size_hint().exact(), Some(5));
+        assert_eq!(sent(body).await, ["hello"]);
+
+        let mut several = Frames::default();
+        several.push_back(data("a"));
+        several.push_back(data("b"));
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-checksum", http::HeaderValue::from_static("1"));
+        several.push_back(Frame::trailers(trailers));
+        let body = ResponseBody::buffered(several, Reservation::default());
+        assert_eq!(body.size_hint().exact(), Some(2));
+        assert_eq!(sent(body).await, ["a", "b", "trailers:1"]);
+
+        let body = ResponseBody::buffered(Frames::default(), Reservation::default());
+        assert!(body.is_end_stream());
+        assert!(sent(body).await.is_empty());
     }
 }
