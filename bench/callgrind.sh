@@ -32,11 +32,10 @@ if [ ${#missing[@]} -gt 0 ]; then
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
-if [ $# -eq 0 ]; then
-    cargo build --release --locked --quiet --bin weir
-    set -- target/release/weir
-fi
 source bench/lib.sh
+if [ $# -eq 0 ]; then
+    set -- "$(release_weir "$OUT")"
+fi
 BACKEND_BIN=$(bench_bin backend)
 BACKEND=127.0.0.1:19300
 WEIR=127.0.0.1:19301

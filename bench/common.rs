@@ -23,16 +23,22 @@ impl Drop for WeirProcess {
 /// Starts the weir binary with `config` (one listener named "bench") and waits for its start
 /// line. `BENCH_WEIR_CPU=N` pins it to core N with taskset, so the load generator (run the bench
 /// itself on the other core: `taskset -c 0 cargo bench ...`) cannot steal its CPU.
+///
+/// The binary is `WEIR_BIN` when set, otherwise the one cargo built for the benches, which has
+/// the dev-dependencies' features (tokio's test-util: a mutex on every clock reading). Fine for
+/// comparisons within one bench; `bench/suite.sh` sets `WEIR_BIN` to the build users get.
 pub async fn start_weir(name: &str, config: &str) -> WeirProcess {
     let path = std::env::temp_dir().join(format!("weir-{name}-{}.toml", std::process::id()));
     std::fs::write(&path, config).expect("write the bench config");
+    let bin = std::env::var_os("WEIR_BIN")
+        .unwrap_or_else(|| std::ffi::OsString::from(env!("CARGO_BIN_EXE_weir")));
     let mut command = match std::env::var("BENCH_WEIR_CPU") {
         Ok(cpu) => {
             let mut c = tokio::process::Command::new("taskset");
-            c.args(["-c", &cpu, env!("CARGO_BIN_EXE_weir")]);
+            c.arg("-c").arg(&cpu).arg(&bin);
             c
         }
-        Err(_) => tokio::process::Command::new(env!("CARGO_BIN_EXE_weir")),
+        Err(_) => tokio::process::Command::new(&bin),
     };
     let mut child = command
         .arg("--config")

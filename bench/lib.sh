@@ -3,6 +3,17 @@
 # The executable of bench target NAME (built if needed).
 bench_bin() { cargo bench --locked --bench "$1" --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1; }
 
+# Builds weir as users get it and copies it to DIR/weir; prints that path. Not
+# target/release/weir: `cargo bench` (bench_bin) builds the weir binary too, for the benches,
+# with the dev-dependencies' features (tokio's test-util, whose clock takes a mutex on every
+# `Instant::now`), and leaves that build there.
+release_weir() {
+    cargo build --release --locked --quiet --bin weir
+    mkdir -p "$1"
+    cp target/release/weir "$1/weir"
+    echo "$1/weir"
+}
+
 # Waits until something accepts connections on HOST:PORT (up to TRIES x 0.05 s, default 200).
 wait_port() {
     for _ in $(seq 1 "${2:-200}"); do (exec 3<>"/dev/tcp/${1%:*}/${1#*:}") 2>/dev/null && return 0; sleep 0.05; done

@@ -18,15 +18,15 @@ command -v perf >/dev/null && command -v wrk >/dev/null || {
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends linux-perf wrk >/dev/null
 }
-cargo build --release --locked --quiet --bin weir
 source bench/lib.sh
+WEIR_BIN=$(release_weir "$OUT")
 BACKEND_BIN=$(bench_bin backend)
 BACKEND=127.0.0.1:19200
 WEIR=127.0.0.1:19201
 single_upstream_run "$OUT/weir.toml" "$WEIR" "$BACKEND" 127.0.0.1:19902
 taskset -c 0 "$BACKEND_BIN" "$BACKEND" 16 20 >"$OUT/backend.log" 2>&1 & PIDS+=($!)
 wait_port "$BACKEND"
-taskset -c 1 target/release/weir --config "$OUT/weir.toml" >"$OUT/weir.log" 2>&1 & WEIR_PID=$!; PIDS+=($WEIR_PID)
+taskset -c 1 "$WEIR_BIN" --config "$OUT/weir.toml" >"$OUT/weir.log" 2>&1 & WEIR_PID=$!; PIDS+=($WEIR_PID)
 wait_port "$WEIR"
 taskset -c 0 wrk -t1 -c64 -d2s "http://$WEIR/" >/dev/null
 taskset -c 0 wrk -t1 -c64 -d"$((SECS + 2))s" "http://$WEIR/" >"$OUT/wrk.txt" & PIDS+=($!)

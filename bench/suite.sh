@@ -43,14 +43,13 @@ need() {
 need
 
 echo "building (release)..."
-cargo build --release --locked --quiet --bin weir
 source bench/lib.sh
+WEIR_BIN=$(release_weir "$OUT")
 BACKEND_BIN=$(bench_bin backend)
 OPENLOOP_BIN=$(bench_bin openloop)
 IDLE_BIN=$(bench_bin idle)
 cargo bench --locked --bench tls --no-run --quiet 2>/dev/null
 IDLE_CONNS=${IDLE_CONNS:-9500}
-WEIR_BIN=target/release/weir
 
 BACKEND=127.0.0.1:19100
 WEIR=127.0.0.1:19001
@@ -250,7 +249,7 @@ done
 
 # ---- D: TLS ----
 echo "D: TLS handshakes and keep-alive HTTPS, weir vs nginx (bench/tls.rs)"
-BENCH_WEIR_CPU=1 $LG cargo bench --locked --bench tls 2>/dev/null | grep -E '^\||weir / nginx' | tee "$OUT/tls.md"
+WEIR_BIN="$PWD/$WEIR_BIN" BENCH_WEIR_CPU=1 $LG cargo bench --locked --bench tls 2>/dev/null | grep -E '^\||weir / nginx' | tee "$OUT/tls.md"
 
 # ---- E: HTTP/2 from the client ----
 echo "E: h2load, 64 connections x 10 streams, prior knowledge"
