@@ -6,7 +6,7 @@
 #   A  tiny responses, HTTP/1.1 keep-alive, 64 connections, closed loop (wrk): requests/s, p50/p99,
 #      and the proxy's CPU time per request, over ROUNDS_A (default 8) interleaved rounds of
 #      A_SECONDS (default 3); then open loop at half of HAProxy's maximum (its slowest round's
-#      req/s), over ROUNDS_F (default 4) interleaved rounds of F_SECONDS (default 5).
+#      req/s, or F_RATE), over ROUNDS_F (default 4) interleaved rounds of F_SECONDS (default 5).
 #   B  overload: backend capacity 16 x 20 ms (800 requests/s), offered 4,000 requests/s open loop.
 #   C  idle connections: IDLE_CONNS (default 9,500) idle keep-alive connections, resident memory
 #      per connection (HAProxy needs two descriptors per connection of its maxconn, and a file
@@ -198,12 +198,18 @@ done
 # of stall, and one pass per target charged the machine's slow phase to whichever it fell on.
 # The rate is half of HAProxy's maximum in its slowest round: what it sustains in either of the
 # machine's phases. Half of a fast-phase maximum is more than any target carries in a slow phase,
-# and the latencies then measure a queue, not the proxy.
+# and the latencies then measure a queue, not the proxy. When every round of A fell in a fast
+# phase, its slowest round is one too: F_RATE sets the rate instead (the generators' lag shows
+# whether a target kept up).
 ROUNDS_F=${ROUNDS_F:-4}
 F_SECONDS=${F_SECONDS:-5}
 slowest() { tr ' ' '\n' | grep . | sort -g | sed -n 1p; }
 half=$(awk -v r="$(echo "${RPS[haproxy]}" | slowest)" 'BEGIN { printf "%d", r / 2 }')
-echo "A: open loop at half of HAProxy's maximum (its slowest round): $half requests/s, $ROUNDS_F interleaved rounds of ${F_SECONDS}s"
+if [ -n "${F_RATE:-}" ]; then
+    echo "A: half of HAProxy's slowest round would be $half requests/s; F_RATE sets $F_RATE"
+    half=$F_RATE
+fi
+echo "A: open loop at $half requests/s, $ROUNDS_F interleaved rounds of ${F_SECONDS}s"
 for round in $(seq 1 "$ROUNDS_F"); do
     for i in 0 1 2 3; do
         t=${ORDER[$(((i + round - 1) % 4))]}
@@ -314,7 +320,7 @@ for n in rounds:
 if ratios["cn"]:
     print("| median | " + " | ".join(f"{med(ratios[k]):.2f}x" for k in ("cn", "ch", "rn", "rh")) + " |")
 cap = next((r["rps"] for r in rows if r["scenario"] == "B-capacity"), None)
-for scen, title in (("A-fixed", "A. open loop at half of HAProxy's maximum"), ("B", "B. overload, 4,000 req/s offered to 800 req/s of capacity")):
+for scen, title in (("A-fixed", "A. open loop at a fixed rate (half of HAProxy's slowest round, or F_RATE)"), ("B", "B. overload, 4,000 req/s offered to 800 req/s of capacity")):
     print(f"\n## {title}\n")
     if scen == "B" and cap:
         print(f"Backend capacity measured in this run (16 clients, closed loop, direct): {cap:.0f} req/s.\n")
