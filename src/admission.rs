@@ -197,13 +197,9 @@ fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
-impl<'a> Permit<'a> {
+impl Permit<'_> {
     pub fn queue_wait(&self) -> Duration {
         self.queue_wait
-    }
-
-    pub fn counters(&self) -> &'a Counters {
-        &self.pool.counters
     }
 
     /// The slot, held on past the pool's borrow.

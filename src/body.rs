@@ -1,5 +1,6 @@
-//! The response body weir sends to clients: either a short answer of weir's own, or the backend's
-//! body streamed through while it holds the request's [`Permit`] and enforces its deadline.
+//! The response body weir sends to clients: a short answer of weir's own, the backend's whole
+//! answer read ahead (its slot already free), or the backend's body streamed through while it
+//! holds the request's slot ([`OwnedPermit`]) and enforces its deadline. The request body too.
 //!
 //! Keeping the permit inside the body means the slot is held exactly as long as the backend
 //! exchange lasts: it is freed when the backend's last byte has been read, when the deadline cuts

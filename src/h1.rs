@@ -790,6 +790,46 @@ impl Body {
         self.poll_next(cx, Some(home))
     }
 
+    /// The next frame; a connection whose exchange ends goes back to `home` when given (see
+    /// [`Body::finish`]).
+    fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+        home: Option<&Shared>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+        let Some(conn) = self.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        if let Some(upload) = self.upload.as_mut() {
+            match upload.poll_send(cx, conn) {
+                Poll::Ready(Ok(())) => self.upload = None,
+                // The backend stopped taking the request (it answered early, then closed): its
+                // answer is still read whole, and the connection closed after it.
+                Poll::Ready(Err(Error::Write(e))) => {
+                    tracing::debug!(error = %e, "the backend stopped reading the request body");
+                    self.upload = None;
+                    self.keep_alive = false;
+                }
+                // The client's body failed: the backend, waiting for the rest, would never end.
+                Poll::Ready(Err(e)) => return self.fail(e),
+                Poll::Pending => {}
+            }
+        }
+        match ready!(conn.poll_decode(cx, &mut self.decode)) {
+            Some(Err(e)) => self.fail(e),
+            Some(Ok(frame)) => {
+                if self.decode == Decode::Done {
+                    self.finish(home);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            None => {
+                self.finish(home);
+                Poll::Ready(None)
+            }
+        }
+    }
+
     /// Ends the body with `e`; the connection is closed.
     fn fail(&mut self, e: Error) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         self.conn = None;
@@ -819,47 +859,6 @@ impl http_body::Body for Body {
             Decode::Length(n) => SizeHint::with_exact(n),
             Decode::Done => SizeHint::with_exact(0),
             _ => SizeHint::default(),
-        }
-    }
-}
-
-impl Body {
-    fn poll_next(
-        &mut self,
-        cx: &mut Context<'_>,
-        home: Option<&Shared>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
-        let this = self;
-        let Some(conn) = this.conn.as_mut() else {
-            return Poll::Ready(None);
-        };
-        if let Some(upload) = this.upload.as_mut() {
-            match upload.poll_send(cx, conn) {
-                Poll::Ready(Ok(())) => this.upload = None,
-                // The backend stopped taking the request (it answered early, then closed): its
-                // answer is still read whole, and the connection closed after it.
-                Poll::Ready(Err(Error::Write(e))) => {
-                    tracing::debug!(error = %e, "the backend stopped reading the request body");
-                    this.upload = None;
-                    this.keep_alive = false;
-                }
-                // The client's body failed: the backend, waiting for the rest, would never end.
-                Poll::Ready(Err(e)) => return this.fail(e),
-                Poll::Pending => {}
-            }
-        }
-        match ready!(conn.poll_decode(cx, &mut this.decode)) {
-            Some(Err(e)) => this.fail(e),
-            Some(Ok(frame)) => {
-                if this.decode == Decode::Done {
-                    this.finish(home);
-                }
-                Poll::Ready(Some(Ok(frame)))
-            }
-            None => {
-                this.finish(home);
-                Poll::Ready(None)
-            }
         }
     }
 }
