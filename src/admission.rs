@@ -13,9 +13,8 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use tokio::sync::Semaphore;
-
 use crate::error::Counters;
+use crate::slots::Slots;
 use crate::stripes::Stripes;
 
 /// Why the pool turned a request away.
@@ -30,9 +29,10 @@ pub enum Rejected {
 /// One upstream's slots and queue.
 #[derive(Debug)]
 pub struct Pool {
-    /// One permit per slot. Tokio's semaphore hands released permits to waiters in FIFO order and
-    /// `try_acquire` fails while anyone waits, so arrival order is kept.
-    slots: Semaphore,
+    /// Released slots go to waiters in arrival order, and `try_acquire` fails while anyone
+    /// waits, so arrival order is kept. Admission and release cost one compare-and-swap each
+    /// while nobody waits ([`Slots`]).
+    slots: Slots,
     /// The limits are atomics so that a configuration reload resizes the pool in place: requests
     /// already admitted or queued keep their slot or place.
     max_concurrency: AtomicUsize,
@@ -71,7 +71,7 @@ struct QueuePlace<'a>(&'a Pool);
 impl Pool {
     pub fn new(max_concurrency: usize, max_queue: usize, queue_timeout: Duration) -> Pool {
         Pool {
-            slots: Semaphore::new(max_concurrency),
+            slots: Slots::new(max_concurrency),
             max_concurrency: AtomicUsize::new(max_concurrency),
             max_queue: AtomicUsize::new(max_queue),
             queue_timeout_nanos: AtomicU64::new(nanos(queue_timeout)),
@@ -85,8 +85,7 @@ impl Pool {
     /// Waits for a slot: at once if one is free, in the queue for at most `queue_timeout`
     /// otherwise, or not at all when the queue is full.
     pub async fn admit(self: &Arc<Self>) -> Result<Permit<'_>, Rejected> {
-        if let Ok(slot) = self.slots.try_acquire() {
-            slot.forget();
+        if self.slots.try_acquire() {
             return Ok(self.permit(Duration::ZERO));
         }
         // Boxed: the wait is the uncommon path, and its timer would otherwise make every
@@ -100,12 +99,8 @@ impl Pool {
         let start = Instant::now();
         let timeout = Duration::from_nanos(self.queue_timeout_nanos.load(Ordering::Relaxed));
         match tokio::time::timeout(timeout, self.slots.acquire()).await {
-            Ok(Ok(slot)) => {
-                slot.forget();
-                Ok(self.permit(start.elapsed()))
-            }
-            // The semaphore is never closed; treat it like an expired wait if it ever is.
-            Ok(Err(_)) | Err(_) => Err(Rejected::QueueTimeout),
+            Ok(()) => Ok(self.permit(start.elapsed())),
+            Err(_) => Err(Rejected::QueueTimeout),
         }
     }
 
@@ -127,10 +122,10 @@ impl Pool {
                     Some(r.saturating_sub(grow))
                 })
                 .unwrap_or_else(|r| r);
-            self.slots.add_permits(grow - retiring.min(grow));
+            self.slots.release(grow - retiring.min(grow));
         } else if max_concurrency < old {
             let shrink = old - max_concurrency;
-            let taken = self.slots.forget_permits(shrink);
+            let taken = self.slots.forget(shrink);
             self.retiring.fetch_add(shrink - taken, Ordering::AcqRel);
         }
     }
@@ -165,7 +160,7 @@ impl Pool {
         {
             return;
         }
-        self.slots.add_permits(1);
+        self.slots.release(1);
     }
 
     /// Requests waiting for a slot now.

@@ -44,6 +44,7 @@ pub mod metrics;
 pub mod proxy;
 pub mod record;
 pub mod shutdown;
+pub mod slots;
 pub mod stats;
 pub mod stripes;
 pub mod tls;
