@@ -6,7 +6,7 @@
 #   A  tiny responses, HTTP/1.1 keep-alive, 64 connections, closed loop (wrk): requests/s, p50/p99,
 #      and the proxy's CPU time per request, over ROUNDS_A (default 8) interleaved rounds of
 #      A_SECONDS (default 3); then open loop at half of HAProxy's maximum (its slowest round's
-#      req/s, or F_RATE), over ROUNDS_F (default 4) interleaved rounds of F_SECONDS (default 5).
+#      req/s, or F_RATE), over ROUNDS_F (default 8) interleaved rounds of F_SECONDS (default 5).
 #   B  overload: backend capacity 16 x 20 ms (800 requests/s), offered 4,000 requests/s open loop.
 #   C  idle connections: IDLE_CONNS (default 9,500) idle keep-alive connections, resident memory
 #      per connection (HAProxy needs two descriptors per connection of its maxconn, and a file
@@ -193,7 +193,7 @@ for round in $(seq 1 "$ROUNDS_A"); do
     done
 done
 
-# The same at a fixed rate, in ROUNDS_F interleaved rounds (default 4 of F_SECONDS, default 5 s,
+# The same at a fixed rate, in ROUNDS_F interleaved rounds (default 8 of F_SECONDS, default 5 s,
 # each after a 1 s warm-up), the order rotated: a p99 at this rate is set by a few milliseconds
 # of stall, and one pass per target charged the machine's slow phase to whichever it fell on.
 # The rate is half of HAProxy's maximum in its slowest round: what it sustains in either of the
@@ -201,7 +201,7 @@ done
 # and the latencies then measure a queue, not the proxy. When every round of A fell in a fast
 # phase, its slowest round is one too: F_RATE sets the rate instead (the generators' lag shows
 # whether a target kept up).
-ROUNDS_F=${ROUNDS_F:-4}
+ROUNDS_F=${ROUNDS_F:-8}
 F_SECONDS=${F_SECONDS:-5}
 slowest() { tr ' ' '\n' | grep . | sort -g | sed -n 1p; }
 half=$(awk -v r="$(echo "${RPS[haproxy]}" | slowest)" 'BEGIN { printf "%d", r / 2 }')
