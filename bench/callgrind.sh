@@ -34,7 +34,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 source bench/lib.sh
 if [ $# -eq 0 ]; then
-    set -- "$(release_weir "$OUT")"
+    built=$(release_weir "$OUT")   # an assignment, so that `set -e` stops on a failed build
+    set -- "$built"
 fi
 BACKEND_BIN=$(bench_bin backend)
 BACKEND=127.0.0.1:19300

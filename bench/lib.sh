@@ -7,10 +7,11 @@ bench_bin() { cargo bench --locked --bench "$1" --no-run 2>&1 | sed -n 's/.*Exec
 # target/release/weir: `cargo bench` (bench_bin) builds the weir binary too, for the benches,
 # with the dev-dependencies' features (tokio's test-util, whose clock takes a mutex on every
 # `Instant::now`), and leaves that build there.
+# Fails when the build does (a command substitution does not stop a `set -e` script itself,
+# and a stale copy would be measured instead).
 release_weir() {
-    cargo build --release --locked --quiet --bin weir
-    mkdir -p "$1"
-    cp target/release/weir "$1/weir"
+    cargo build --release --locked --quiet --bin weir || return 1
+    mkdir -p "$1" && cp target/release/weir "$1/weir" || return 1
     echo "$1/weir"
 }
 

@@ -39,7 +39,7 @@ pub struct Pool {
     max_queue: AtomicUsize,
     queue_timeout_nanos: AtomicU64,
     /// Slots to retire as they are released: a limit lowered below the slots in use cannot take
-    /// them back from running requests, so the next releases are not returned to the semaphore.
+    /// them back from running requests, so the next releases are not returned to the slots.
     retiring: AtomicUsize,
     /// Requests waiting for a slot now.
     queued: AtomicUsize,
@@ -148,7 +148,7 @@ impl Pool {
         }
     }
 
-    /// Gives a slot back: to the semaphore, or to a retirement a lowered limit asked for.
+    /// Gives a slot back: to the slots, or to a retirement a lowered limit asked for.
     fn release(&self) {
         self.in_flight.add(0, 1u64.wrapping_neg());
         // Almost always zero: one relaxed load on the common path.

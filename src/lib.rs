@@ -6,11 +6,14 @@
 //! then by its response body, so it is released on every path by `Drop`.
 //!
 //! # Layout
-//! - [`config`]: TOML -> validated, typed [`Config`](config::Config).
+//! - [`config`]: TOML -> validated, typed [`Config`].
 //! - [`admission`]: the per-upstream [`Pool`](admission::Pool) and its RAII
 //!   [`Permit`](admission::Permit).
-//! - [`forward`]: an [`Upstream`](forward::Upstream): pooled client, request rewrite, deadline.
-//! - [`deadline`]: the request deadline's timer, shared by a connection's requests in turn.
+//! - [`slots`]: the pool's slots, taken and released with one compare-and-swap while nobody
+//!   waits, and its FIFO queue.
+//! - [`forward`]: an [`Upstream`]: pooled client, request rewrite, deadline.
+//! - [`deadline`]: timers moved only to earlier deadlines, and the request deadline's timer,
+//!   shared by a connection's requests in turn.
 //! - [`body`]: the response body that holds the slot while the backend streams.
 //! - [`proxy`]: routing, and turning every outcome (panics included) into an answer.
 //! - [`error`]: request-path errors, their counters, and the single error -> status table.
@@ -22,6 +25,7 @@
 //! - [`watchdog`]: slow-client deadlines (head, idle, write) enforced on the connection's bytes.
 //! - [`tls`]: PEM files -> rustls config, with certificate reload.
 //! - [`stats`]: per-listener limits and counters.
+//! - [`stripes`]: counters striped by thread, added to without an atomic read-modify-write.
 //! - [`shutdown`]: SIGTERM/SIGINT handling.
 //! - [`logging`]: log output through a bounded queue, written by a task, not a thread.
 #![forbid(unsafe_code)]

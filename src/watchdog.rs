@@ -14,7 +14,7 @@
 //!
 //! Independently, a write that makes no progress for `write_timeout` fails the connection, which
 //! drops the response body and with it the upstream request and its slot.
-//! One timer serves every deadline (and the busy check-in, see [`GuardedIo::check`]); it is
+//! One timer serves every deadline (and the busy check-in, see `GuardedIo::check`); it is
 //! re-armed only for an earlier deadline, or when it fires before the current one.
 
 use std::future::Future;
