@@ -31,6 +31,8 @@ use tokio::time::Instant;
 pub enum BodyError {
     #[error("request_timeout fired while the response was streaming")]
     Deadline,
+    #[error("the client hung up while the response was streaming")]
+    ClientGone,
     #[error("the upstream response body failed")]
     Upstream(#[source] BoxError),
 }

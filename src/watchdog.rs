@@ -203,6 +203,17 @@ impl<S> GuardedIo<S> {
                 *this.since = this.conn.finished_at();
                 *this.head_started = false;
             }
+            // A request started and ended while this wrapper was not polled: a plain HTTP/1
+            // server does not read while a request is in progress (see `crate::peer`), and a
+            // short answer is written at once. Idle since it ended, as above.
+            (Phase::Head, false) => {
+                let finished = this.conn.finished_at();
+                if finished > *this.since {
+                    *this.phase = Phase::Idle;
+                    *this.since = finished;
+                    *this.head_started = false;
+                }
+            }
             _ => {}
         }
     }
@@ -429,6 +440,7 @@ mod tests {
         let conn = Arc::new(Conn::new(
             Arc::new(Proxy::new(&config, None)),
             ClientInfo::new(([127, 0, 0, 1], 9).into(), false, info),
+            None,
         ));
         let (client, server) = tokio::io::duplex(1024);
         let io = GuardedIo::new(server, Arc::clone(&conn), None);
