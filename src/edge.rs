@@ -16,7 +16,7 @@ use futures_util::task::AtomicWaker;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
-use hyper::service::service_fn;
+use hyper::service::{HttpService, service_fn};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use pin_project_lite::pin_project;
@@ -86,6 +86,9 @@ pub struct Conn {
     idle_waker: AtomicWaker,
     /// Plain TCP: the client's socket, which HTTP/1 requests watch for the client hanging up.
     socket: Option<Arc<TcpStream>>,
+    /// HTTP/1: set by [`GuardedIo`] when the connection has been idle for
+    /// [`crate::park::PARK_AFTER`]; the server parks when it sees it.
+    park: AtomicBool,
 }
 
 impl Conn {
@@ -100,7 +103,23 @@ impl Conn {
             opened: Instant::now(),
             idle_waker: AtomicWaker::new(),
             socket,
+            park: AtomicBool::new(false),
         }
+    }
+
+    /// Asks the connection's HTTP/1 server to park (see [`crate::park`]).
+    pub fn ask_park(&self) {
+        self.park.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the server was asked to park since the last call. On the connection's task, as
+    /// [`Conn::ask_park`]: a load, and a store only when asked.
+    pub fn take_park(&self) -> bool {
+        let asked = self.park.load(Ordering::Relaxed);
+        if asked {
+            self.park.store(false, Ordering::Relaxed);
+        }
+        asked
     }
 
     pub fn in_progress(&self) -> usize {
@@ -454,7 +473,18 @@ where
             }
         },
     };
-    let ended = server(servers, watch, io, h2, conn).await?;
+    let ended = if h2 {
+        serve_h2(servers, watch, io, conn).await?
+    } else {
+        // Whether requests watch for the client hanging up, or hyper does.
+        let h1 = if conn.socket.is_some() {
+            &servers.h1
+        } else {
+            &servers.h1_tls
+        };
+        let service = service(Arc::clone(&conn), false);
+        crate::park::serve(h1, watch, io, service, conn).await?
+    };
     if let Err(e) = ended {
         if e.is_parse_too_large() {
             // hyper has answered 431 already.
@@ -465,40 +495,36 @@ where
     Some(())
 }
 
-/// A hyper connection serving [`Conn::proxy`], as [`Watch::serve`] runs it.
-type Server<'a> = Pin<Box<dyn Future<Output = Option<hyper::Result<()>>> + Send + 'a>>;
-
-/// The server for the connection's protocol, on `io`, boxed on its own: an HTTP/1 connection
-/// does not hold room for HTTP/2's state, nor the caller's.
-fn server<'a, S>(
+/// The HTTP/2 server on `io`, as [`Watch::serve`] runs it, boxed on its own: an HTTP/1
+/// connection does not hold room for its state, nor the caller's.
+fn serve_h2<'a, S>(
     servers: &'a Servers,
     watch: &'a Watch,
     io: GuardedIo<S>,
-    h2: bool,
     conn: Arc<Conn>,
-) -> Server<'a>
+) -> Pin<Box<dyn Future<Output = Option<hyper::Result<()>>> + Send + 'a>>
 where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
-    let io = TokioIo::new(io);
-    // Whether requests watch for the client hanging up, or hyper does.
-    let conn_watches = conn.socket.is_some();
-    let service = service_fn(move |req| {
+    let conn = servers
+        .h2
+        .serve_connection(TokioIo::new(io), service(conn, true));
+    Box::pin(watch.serve(conn, |c| c.graceful_shutdown()))
+}
+
+/// The service that answers the connection's requests: [`Conn::proxy`].
+fn service(
+    conn: Arc<Conn>,
+    h2: bool,
+) -> impl HttpService<Incoming, ResBody = Tracked, Error = ClientGone, Future: Send + Unpin + 'static>
++ Clone
++ Send
++ Unpin
++ 'static {
+    service_fn(move |req| {
         let request = InProgress::new(Arc::clone(&conn), h2);
         respond(req, request)
-    });
-    if h2 {
-        let conn = servers.h2.serve_connection(io, service);
-        Box::pin(watch.serve(conn, |c| c.graceful_shutdown()))
-    } else {
-        let h1 = if conn_watches {
-            &servers.h1
-        } else {
-            &servers.h1_tls
-        };
-        let conn = h1.serve_connection(io, service);
-        Box::pin(watch.serve(conn, |c| c.graceful_shutdown()))
-    }
+    })
 }
 
 /// A request's future, on the connection's server, whatever its transport.

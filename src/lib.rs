@@ -21,6 +21,7 @@
 //!   shared h2c connection on hyper's client.
 //! - [`h1`]: weir's own HTTP/1.1 exchange on a backend connection, driven by the request's task.
 //! - [`edge`]: accept loop, connection cap, TLS handshake, per-connection hyper server.
+//! - [`park`]: idle HTTP/1 connections give back their server's buffers until the next request.
 //! - [`peer`]: a plain client socket shared with the requests that watch it for a hang-up.
 //! - [`drain`]: graceful drain of open connections, without a shared lock per poll.
 //! - [`watchdog`]: slow-client deadlines (head, idle, write) enforced on the connection's bytes.
@@ -46,6 +47,7 @@ pub mod forward;
 pub mod h1;
 pub mod logging;
 pub mod metrics;
+pub mod park;
 pub mod peer;
 pub mod proxy;
 pub mod record;

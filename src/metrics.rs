@@ -234,6 +234,12 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         &["listener"],
     ),
     (
+        "weir_connections_parked",
+        "Open client connections idle long enough to have released their buffers (HTTP/1).",
+        MetricType::GAUGE,
+        &["listener"],
+    ),
+    (
         "weir_connections_total",
         "Client connections accepted.",
         MetricType::COUNTER,
@@ -398,6 +404,7 @@ impl Collector for WeirCollector {
             let c = &l.counters;
             let n = ("listener", l.name.as_str());
             f.push("weir_connections_active", &[n], Gauge(c.active() as f64));
+            f.push("weir_connections_parked", &[n], Gauge(c.parked() as f64));
             f.push("weir_connections_total", &[n], Counter(c.accepted()));
             let refused = ConnReject::ALL.map(|r| (r.as_str(), c.rejected(r)));
             f.counters("weir_connections_rejected_total", n, "reason", refused);

@@ -79,6 +79,7 @@ impl SizeLimit {
 pub struct ListenerCounters {
     accepted: AtomicU64,
     active: AtomicUsize,
+    parked: AtomicUsize,
     rejected: [AtomicU64; ConnReject::ALL.len()],
     timeouts: [AtomicU64; ClientTimeout::ALL.len()],
     limits: [AtomicU64; SizeLimit::ALL.len()],
@@ -101,11 +102,20 @@ impl ListenerCounters {
         OpenConnection(self)
     }
 
+    /// Counts an open connection as parked ([`crate::park`]) until the returned guard is dropped.
+    pub fn park(&self) -> ParkedConnection<'_> {
+        self.parked.fetch_add(1, Ordering::Relaxed);
+        ParkedConnection(self)
+    }
+
     pub fn accepted(&self) -> u64 {
         self.accepted.load(Ordering::Relaxed)
     }
     pub fn active(&self) -> usize {
         self.active.load(Ordering::Relaxed)
+    }
+    pub fn parked(&self) -> usize {
+        self.parked.load(Ordering::Relaxed)
     }
     pub fn rejected(&self, r: ConnReject) -> u64 {
         self.rejected[r as usize].load(Ordering::Relaxed)
@@ -124,6 +134,15 @@ pub struct OpenConnection<'a>(&'a ListenerCounters);
 impl Drop for OpenConnection<'_> {
     fn drop(&mut self) {
         self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A parked connection, counted in [`ListenerCounters::parked`] while it lives.
+pub struct ParkedConnection<'a>(&'a ListenerCounters);
+
+impl Drop for ParkedConnection<'_> {
+    fn drop(&mut self) {
+        self.0.parked.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

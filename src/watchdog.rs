@@ -10,7 +10,9 @@
 //! - *head*: from the connection's start (after TLS), or from the first byte of a keep-alive
 //!   request, the head must be complete within `header_timeout` (HTTP/1: 408, then close);
 //! - *busy*: a request is in progress; its body has its own deadline (`body_timeout`);
-//! - *idle*: no request in progress; the connection is closed after `idle_timeout`.
+//! - *idle*: no request in progress; the connection is closed after `idle_timeout`. An HTTP/1
+//!   connection idle for [`PARK_AFTER`] first asks its server to give back its state
+//!   ([`crate::park`]).
 //!
 //! Independently, a write that makes no progress for `write_timeout` fails the connection, which
 //! drops the response body and with it the upstream request and its slot.
@@ -23,12 +25,14 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use bytes::{Buf, Bytes};
 use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
 
 use crate::deadline::LazyTimer;
 use crate::edge::Conn;
+use crate::park::PARK_AFTER;
 use crate::stats::ClientTimeout;
 
 /// The whole HTTP/2 connection preface (RFC 9113, section 3.4).
@@ -58,29 +62,43 @@ pin_project! {
         head_started: bool,
         // Busy: whether the check-in has passed (see [`GuardedIo::check`]).
         checked_in: bool,
+        // Idle HTTP/1: whether the server has been asked to park ([`Conn::ask_park`]); once per
+        // idle spell, reset as one begins.
+        park_asked: bool,
         // When writes stopped making progress, if they have.
         write_stalled: Option<Instant>,
         // HTTP/2 (from ALPN, or the connection preface): no 408, and frames that arrive while no
         // stream is open (pings, settings) do not start a head. `None` until known.
         h2: Option<bool>,
-        // The first bytes, read to tell the protocol ([`GuardedIo::sniff`]) and given to the
-        // server before anything else.
-        sniffed: Sniffed,
+        // Bytes read ahead of the server, given to it before anything else: the first bytes,
+        // read to tell the protocol ([`GuardedIo::sniff`]), or those that wake a parked
+        // connection ([`GuardedIo::poll_wake`]).
+        ahead: ReadAhead,
     }
 }
 
-/// Bytes read ahead of the server: at most an HTTP/2 connection preface.
+/// Bytes read ahead of the server.
 #[derive(Default)]
-struct Sniffed {
+struct ReadAhead {
+    /// What a parked server had read of the next request and not parsed ([`crate::park`]):
+    /// handed on first.
+    unparsed: Bytes,
+    /// At most an HTTP/2 connection preface.
     buf: [u8; H2_PREFACE.len()],
     // Already handed on.
     start: u8,
     end: u8,
 }
 
-impl Sniffed {
+impl ReadAhead {
     /// Moves what is left of the bytes read ahead into `buf`; whether there were any.
     fn replay(&mut self, buf: &mut ReadBuf<'_>) -> bool {
+        if !self.unparsed.is_empty() {
+            let n = self.unparsed.len().min(buf.remaining());
+            buf.put_slice(&self.unparsed[..n]);
+            self.unparsed.advance(n);
+            return true;
+        }
         let ahead = &self.buf[usize::from(self.start)..usize::from(self.end)];
         if ahead.is_empty() {
             return false;
@@ -90,6 +108,11 @@ impl Sniffed {
         // At most the preface's 24 bytes.
         self.start += n as u8;
         true
+    }
+
+    /// Whether nothing is left to hand on.
+    fn is_empty(&self) -> bool {
+        self.unparsed.is_empty() && self.start == self.end
     }
 }
 
@@ -105,10 +128,16 @@ impl<S> GuardedIo<S> {
             since: now,
             head_started: false,
             checked_in: false,
+            park_asked: false,
             write_stalled: None,
             h2,
-            sniffed: Sniffed::default(),
+            ahead: ReadAhead::default(),
         }
+    }
+
+    /// Gives the server these bytes first: what the previous server had read and not parsed.
+    pub fn unparsed(&mut self, bytes: Bytes) {
+        self.ahead.unparsed = bytes;
     }
 
     /// Sets the protocol, once known. HTTP/2 has then spoken: from here on, no open stream
@@ -134,8 +163,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> GuardedIo<S> {
     fn poll_sniff(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<bool>>> {
         loop {
             // While sniffing, `start == end`: nothing is replayed to the reads below.
-            let mut buf = self.sniffed.buf;
-            let len = usize::from(self.sniffed.end);
+            let mut buf = self.ahead.buf;
+            let len = usize::from(self.ahead.end);
             let mut read = ReadBuf::new(&mut buf[len..]);
             ready!(Pin::new(&mut *self).poll_read(cx, &mut read))?;
             let n = read.filled().len();
@@ -147,21 +176,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> GuardedIo<S> {
                 _ if len + n == H2_PREFACE.len() => true,
                 _ => {
                     // Part of the preface so far: read on.
-                    self.sniffed.buf = buf;
+                    self.ahead.buf = buf;
                     // At most the preface's 24 bytes.
-                    self.sniffed.end = (len + n) as u8;
-                    self.sniffed.start = self.sniffed.end;
+                    self.ahead.end = (len + n) as u8;
+                    self.ahead.start = self.ahead.end;
                     continue;
                 }
             };
-            self.sniffed = Sniffed {
-                buf,
-                start: 0,
-                end: (len + n) as u8,
-            };
+            self.ahead.buf = buf;
+            self.ahead.start = 0;
+            // At most the preface's 24 bytes.
+            self.ahead.end = (len + n) as u8;
             Pin::new(self).set_h2(h2);
             return Poll::Ready(Ok(Some(h2)));
         }
+    }
+
+    /// A parked HTTP/1 connection's wait for its next request: reads its first bytes ahead of
+    /// the next server, under the idle deadline. `true` once they are here; `false` when the
+    /// connection ends instead (the client closed it, or `idle_timeout` passed).
+    pub fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        if !self.ahead.is_empty() {
+            return Poll::Ready(Ok(true));
+        }
+        let mut buf = [0u8; H2_PREFACE.len()];
+        let mut read = ReadBuf::new(&mut buf);
+        ready!(Pin::new(&mut *self).poll_read(cx, &mut read))?;
+        let n = read.filled().len();
+        self.ahead.buf = buf;
+        self.ahead.start = 0;
+        // At most the buffer's 24 bytes.
+        self.ahead.end = n as u8;
+        Poll::Ready(Ok(n > 0))
     }
 }
 
@@ -202,6 +248,7 @@ impl<S> GuardedIo<S> {
                 // Idle since the last response ended, not since this wrapper noticed.
                 *this.since = this.conn.finished_at();
                 *this.head_started = false;
+                *this.park_asked = false;
             }
             // A request started and ended while this wrapper was not polled: a plain HTTP/1
             // server does not read while a request is in progress (see `crate::peer`), and a
@@ -212,6 +259,7 @@ impl<S> GuardedIo<S> {
                     *this.phase = Phase::Idle;
                     *this.since = finished;
                     *this.head_started = false;
+                    *this.park_asked = false;
                 }
             }
             _ => {}
@@ -234,8 +282,15 @@ impl<S: AsyncWrite> GuardedIo<S> {
         self.as_mut().sync_phase();
         let this = self.as_mut().project();
         let limits = &this.conn.client.listener;
+        // Idle HTTP/1, with the last answer written: the server is asked to park first.
+        let park = *this.phase == Phase::Idle
+            && *this.h2 == Some(false)
+            && !*this.park_asked
+            && this.write_stalled.is_none()
+            && PARK_AFTER < limits.idle_timeout;
         let read_deadline = match this.phase {
             Phase::Head => Some(*this.since + limits.header_timeout),
+            Phase::Idle if park => Some(*this.since + PARK_AFTER),
             Phase::Idle => Some(*this.since + limits.idle_timeout),
             Phase::Busy if !*this.checked_in => Some(*this.since + limits.idle_timeout),
             Phase::Busy => {
@@ -262,6 +317,13 @@ impl<S: AsyncWrite> GuardedIo<S> {
         } else {
             match this.phase {
                 Phase::Head => Expired::Head,
+                Phase::Idle if park => {
+                    // Asked once; the server parks when its task is next polled, at the end of
+                    // this poll. From now on, the idle deadline.
+                    *this.park_asked = true;
+                    this.conn.ask_park();
+                    return self.check(cx);
+                }
                 Phase::Idle => Expired::Idle,
                 Phase::Busy => {
                     // The check-in, with the request still in progress: from now on, wait for it.
@@ -343,7 +405,7 @@ impl<S: AsyncRead + AsyncWrite> AsyncRead for GuardedIo<S> {
     ) -> Poll<io::Result<()>> {
         // The bytes read ahead come first, and what has arrived since with them in the same read,
         // so the server takes a whole head at once and sizes its buffer as for any other read.
-        let replayed = self.as_mut().project().sniffed.replay(buf);
+        let replayed = self.as_mut().project().ahead.replay(buf);
         if replayed && buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
@@ -495,5 +557,45 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         let counters = &conn.client.listener.counters;
         assert_eq!(counters.timeouts(ClientTimeout::Header), 1);
+    }
+
+    #[tokio::test]
+    async fn bytes_a_parked_server_left_unparsed_come_first_and_wake_it() {
+        let (_conn, mut client, mut io) = guarded();
+        io.unparsed(Bytes::from_static(b"GET / HT"));
+        // Nothing read from the client: what is already here wakes the connection.
+        let woken = std::future::poll_fn(|cx| io.poll_wake(cx)).now_or_never();
+        assert!(matches!(woken, Some(Ok(true))));
+        client.write_all(b"TP/1.1\r\n").await.unwrap();
+        let mut buf = [0u8; 4];
+        let n = io.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"GET ");
+        let mut rest = [0u8; 64];
+        let n = io.read(&mut rest).await.unwrap();
+        // The rest of them, and what the client sent since in the same read.
+        assert_eq!(&rest[..n], b"/ HTTP/1.1\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_parked_connection_is_woken_by_its_first_bytes_or_ended_by_a_close() {
+        let (_conn, mut client, mut io) = guarded();
+        let mut woken = std::pin::pin!(std::future::poll_fn(|cx| io.poll_wake(cx)));
+        assert!((&mut woken).now_or_never().is_none(), "nothing sent yet");
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .await
+            .unwrap();
+        assert!(woken.await.unwrap());
+        // At most 24 bytes were read ahead; they come first, the rest after.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            let mut buf = [0u8; 64];
+            let n = io.read(&mut buf).await.unwrap();
+            head.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(head, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n");
+        drop(client);
+        let ended = std::future::poll_fn(|cx| io.poll_wake(cx)).await;
+        assert!(!ended.unwrap(), "a closed connection does not wake");
     }
 }

@@ -385,3 +385,82 @@ async fn one_http2_connection_cannot_exceed_max_concurrent_streams() {
     assert_eq!(backend.stats.seen(), 7);
     assert_eq!(backend.stats.peak(), 2);
 }
+
+#[tokio::test]
+async fn an_idle_connection_parks_and_is_woken_by_its_next_request() {
+    let backend = spawn_backend().await;
+    let weir = weir_with(&backend, "", "").await;
+    let info = weir.listener();
+    let counters = &info.counters;
+    let mut stream = TcpStream::connect(weir.addr).await.unwrap();
+    raw_ok(&mut stream).await;
+    until("the idle connection parked", || counters.parked() == 1).await;
+    let metrics = scrape(weir.admin).await;
+    let parked = metrics.value("weir_connections_parked", &[("listener", "test")]);
+    assert_eq!(parked, 1.0);
+
+    // The first bytes of the next request wake it; the rest comes later, and hyper's new
+    // server reads the woken bytes first.
+    stream.write_all(b"GET /byt").await.unwrap();
+    until("the connection woken", || counters.parked() == 0).await;
+    stream
+        .write_all(b"es/5 HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = within("a response", stream.read(&mut buf)).await.unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer:?}");
+    assert!(answer.contains("content-length: 5\r\n"), "{answer:?}");
+
+    // Parked again, it is woken by a head longer than what is read ahead of the server.
+    until("parked again", || counters.parked() == 1).await;
+    let long = format!("/{}", "x".repeat(200));
+    raw_get_ok(&mut stream, &long).await;
+    assert_eq!(counters.accepted(), 1, "one connection throughout");
+    assert_eq!(backend.stats.seen(), 3);
+}
+
+#[tokio::test]
+async fn a_parked_connection_times_a_slow_head_and_closes_when_idle() {
+    let backend = spawn_backend().await;
+    let weir = weir_with(
+        &backend,
+        "header_timeout = \"400ms\"\nidle_timeout = \"2s\"",
+        "",
+    )
+    .await;
+    let info = weir.listener();
+    let counters = &info.counters;
+
+    // Woken by the start of a head that never ends: 408 after header_timeout.
+    let mut stream = TcpStream::connect(weir.addr).await.unwrap();
+    raw_ok(&mut stream).await;
+    until("the idle connection parked", || counters.parked() == 1).await;
+    stream.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
+    let answer = read_until_closed(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
+    assert_eq!(counters.timeouts(ClientTimeout::Header), 1);
+
+    // Parked and left alone: closed at idle_timeout, counted as idle.
+    let mut idle = TcpStream::connect(weir.addr).await.unwrap();
+    raw_ok(&mut idle).await;
+    until("the idle connection parked", || counters.parked() == 1).await;
+    assert_eq!(read_until_closed(&mut idle).await, "");
+    assert_eq!(counters.timeouts(ClientTimeout::Idle), 1);
+    assert_eq!(counters.parked(), 0);
+}
+
+#[tokio::test]
+async fn a_parked_connection_closed_by_its_client_is_let_go() {
+    let backend = spawn_backend().await;
+    let weir = weir_with(&backend, "", "").await;
+    let info = weir.listener();
+    let counters = &info.counters;
+    let mut stream = TcpStream::connect(weir.addr).await.unwrap();
+    raw_ok(&mut stream).await;
+    until("the idle connection parked", || counters.parked() == 1).await;
+    drop(stream);
+    until("the connection closed", || counters.active() == 0).await;
+    assert_eq!(counters.parked(), 0);
+}
