@@ -15,6 +15,8 @@ use weir::logging::Logs;
 const LOG_QUEUE_BYTES: usize = 4 << 20;
 /// How long weir waits at exit for stdout to take the last log lines.
 const LOG_FLUSH_LIMIT: Duration = Duration::from_secs(1);
+/// How often jemalloc is asked to return freed pages (see [`return_freed_memory`]).
+const PURGE_INTERVAL: Duration = Duration::from_millis(250);
 
 /// jemalloc rather than the system allocator: it keeps no header beside each allocation, so a
 /// buffer that is reserved but never written (hyper's per-connection read buffer, mostly) costs no
@@ -93,6 +95,7 @@ fn main() -> ExitCode {
     let drain = logs.clone();
     let code = runtime.block_on(async move {
         tokio::spawn(async move { drain.drain(std::io::stdout()).await });
+        tokio::spawn(return_freed_memory());
         let signals = match weir::shutdown::on_signals() {
             Ok(s) => s,
             Err(e) => {
@@ -124,6 +127,38 @@ fn main() -> ExitCode {
     drop(runtime);
     logs.flush(std::io::stdout(), LOG_FLUSH_LIMIT);
     code
+}
+
+/// Asks jemalloc every [`PURGE_INTERVAL`] to return to the system the pages freed and not
+/// reused for `dirty_decay_ms` (.cargo/config.toml). It does so by itself only when it is called,
+/// so without traffic the memory that idle connections gave back (`weir::park`) would stay
+/// resident; its own background thread would make weir multi-threaded on one core, and glibc's
+/// socket calls slower for good.
+async fn return_freed_memory() {
+    let mut tick = tokio::time::interval(PURGE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // SAFETY: `arena.<i>.decay` takes and returns nothing, so the old and new value pointers
+        // are null and their lengths zero, as jemalloc's manual requires; 4096 is
+        // MALLCTL_ARENAS_ALL (every arena); the name is a NUL-terminated string.
+        let status = unsafe {
+            tikv_jemalloc_sys::mallctl(
+                c"arena.4096.decay".as_ptr(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                0,
+            )
+        };
+        if status != 0 {
+            tracing::warn!(
+                status,
+                "jemalloc refused to purge freed memory; not asked again"
+            );
+            return;
+        }
+    }
 }
 
 /// The runtime for the cores this process may use. On one core, a single-threaded scheduler: a
