@@ -22,7 +22,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use hyper::body::Incoming;
@@ -74,11 +74,8 @@ where
             ));
             match server.await? {
                 Err(e) => return Some(Err(e)),
+                Ok(Ended::Closed) => return Some(Ok(())),
                 Ok(Ended::Parked(stream, svc)) => (io, service) = (stream, svc),
-                Ok(Ended::Closed(stream)) => {
-                    io = stream;
-                    break;
-                }
             }
             let _parked = conn.client.listener.counters.park();
             let woken = std::future::poll_fn(|cx| io.poll_wake(cx));
@@ -86,14 +83,14 @@ where
                 Some(Ok(true)) => {}
                 // The client closed the connection, it was idle for `idle_timeout`, or the
                 // drain began: nothing was asked, so it closes.
-                Some(Ok(false)) | None => return Some(Ok(())),
+                Some(Ok(false)) | None => break,
                 Some(Err(e)) => {
                     tracing::debug!(error = %e, "parked connection failed");
                     return Some(Ok(()));
                 }
             }
         }
-        // As hyper does at the end of a connection it closes.
+        // Closed as hyper closes an idle connection (over TLS, with a close_notify first).
         if let Err(e) = watch.unless_aborted(io.shutdown()).await? {
             tracing::debug!(error = %e, "shutting the connection down failed");
         }
@@ -103,8 +100,8 @@ where
 
 /// How a [`Server`] ended.
 enum Ended<S, Svc> {
-    /// The connection is over; its stream is still to be shut down.
-    Closed(GuardedIo<S>),
+    /// The connection is over, and hyper has closed it.
+    Closed,
     /// Parked: the stream, which gives the next server first what this one had read and not
     /// parsed, and the service.
     Parked(GuardedIo<S>, Svc),
@@ -148,38 +145,34 @@ where
         let Some(conn) = this.conn.as_mut() else {
             return Poll::Pending;
         };
-        let mut parking = false;
-        loop {
-            if let Poll::Ready(done) = conn.poll_without_shutdown(cx) {
-                done?;
-                let Some(conn) = this.conn.take() else {
-                    return Poll::Pending;
-                };
-                let http1::Parts {
-                    io,
-                    read_buf,
-                    service,
-                    ..
-                } = conn.into_parts();
-                let mut io = io.into_inner();
-                if !parking {
-                    return Poll::Ready(Ok(Ended::Closed(io)));
-                }
-                // Empty, it may still hold hyper's whole read buffer: dropped here.
-                if !read_buf.is_empty() {
-                    io.unparsed(read_buf);
-                }
-                return Poll::Ready(Ok(Ended::Parked(io, service)));
-            }
-            // Asked while hyper was waiting for the next request, in this poll: an idle hyper
-            // connection closes at once when shut down, and ends in the next poll. If it does
-            // not (it was not idle after all), it finishes what it is doing and closes.
-            if parking || this.closing || !this.state.take_park() {
-                return Poll::Pending;
-            }
-            this.closing = true;
-            parking = true;
-            Pin::new(&mut *conn).graceful_shutdown();
+        if let Poll::Ready(done) = Pin::new(&mut *conn).poll(cx) {
+            this.conn = None;
+            return Poll::Ready(done.map(|()| Ended::Closed));
         }
+        // Asked while hyper waited for the next request, in this poll.
+        if this.closing || !this.state.take_park() {
+            return Poll::Pending;
+        }
+        this.closing = true;
+        Pin::new(&mut *conn).graceful_shutdown();
+        // An idle hyper connection closes at once when shut down: polled once more, without
+        // shutting the stream down, it ends. If it does not (it was not idle after all), it
+        // finishes what it is doing and closes, as on a drain.
+        ready!(conn.poll_without_shutdown(cx))?;
+        let Some(conn) = this.conn.take() else {
+            return Poll::Pending;
+        };
+        let http1::Parts {
+            io,
+            read_buf,
+            service,
+            ..
+        } = conn.into_parts();
+        let mut io = io.into_inner();
+        // Empty, it may still hold hyper's whole read buffer: dropped here.
+        if !read_buf.is_empty() {
+            io.unparsed(read_buf);
+        }
+        Poll::Ready(Ok(Ended::Parked(io, service)))
     }
 }

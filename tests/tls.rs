@@ -296,3 +296,27 @@ async fn a_stalled_or_broken_handshake_is_dropped_and_counted() {
     .await;
     assert_eq!(backend.stats.seen(), 0, "no request handler was reached");
 }
+
+#[tokio::test]
+async fn an_idle_https_connection_parks_and_serves_its_next_request() {
+    let backend = spawn_backend().await;
+    let weir = spawn_weir_on(
+        &upstream_toml(backend.addr, ""),
+        &tls_keys(&certs("chain.pem"), &certs("server.key"), ""),
+        Options::default(),
+    )
+    .await;
+    let info = weir.listener();
+    let stream = connect(&weir, client_config(&[b"http/1.1"], false))
+        .await
+        .unwrap();
+    let mut sender = h1(stream).await;
+    assert_eq!(h1_get(&mut sender, "/").await.0, StatusCode::OK);
+    until("the idle connection parked", || info.counters.parked() == 1).await;
+    // The TLS session outlives the HTTP server it had: the next request, on the same
+    // connection, wakes a new one.
+    assert_eq!(h1_get(&mut sender, "/").await.0, StatusCode::OK);
+    assert_eq!(info.counters.parked(), 0);
+    assert_eq!(info.counters.accepted(), 1);
+    assert_eq!(backend.stats.seen(), 2);
+}
