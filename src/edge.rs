@@ -1,7 +1,8 @@
 //! The traffic side of a listener: the accept loop with its connection cap, TLS handshakes under a
 //! deadline, and one hyper server per connection, running on a [`GuardedIo`] and watched for
 //! graceful drain. HTTP/1.1 and HTTP/2 share a port: the protocol comes from ALPN, or from the
-//! first bytes, and the connection gets a server for that protocol alone.
+//! first bytes, and the connection gets a server for that protocol alone. An idle HTTP/1
+//! connection drops its server until its next request ([`crate::park`]).
 
 use std::future::Future;
 use std::net::SocketAddr;

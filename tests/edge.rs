@@ -56,6 +56,16 @@ async fn raw_get_ok(stream: &mut TcpStream, path: &str) {
     );
 }
 
+/// A keep-alive connection that has made one request and then parked (`weir::park`): the
+/// listener's only parked one.
+async fn parked_connection(weir: &Weir) -> TcpStream {
+    let mut stream = TcpStream::connect(weir.addr).await.unwrap();
+    raw_ok(&mut stream).await;
+    let info = weir.listener();
+    until("the idle connection parked", || info.counters.parked() == 1).await;
+    stream
+}
+
 /// Sends `bytes` one at a time, every 20 ms, until the peer stops taking them.
 fn trickle(
     mut stream: tokio::net::tcp::OwnedWriteHalf,
@@ -392,9 +402,7 @@ async fn an_idle_connection_parks_and_is_woken_by_its_next_request() {
     let weir = weir_with(&backend, "", "").await;
     let info = weir.listener();
     let counters = &info.counters;
-    let mut stream = TcpStream::connect(weir.addr).await.unwrap();
-    raw_ok(&mut stream).await;
-    until("the idle connection parked", || counters.parked() == 1).await;
+    let mut stream = parked_connection(&weir).await;
     let metrics = scrape(weir.admin).await;
     let parked = metrics.value("weir_connections_parked", &[("listener", "test")]);
     assert_eq!(parked, 1.0);
@@ -434,18 +442,14 @@ async fn a_parked_connection_times_a_slow_head_and_closes_when_idle() {
     let counters = &info.counters;
 
     // Woken by the start of a head that never ends: 408 after header_timeout.
-    let mut stream = TcpStream::connect(weir.addr).await.unwrap();
-    raw_ok(&mut stream).await;
-    until("the idle connection parked", || counters.parked() == 1).await;
+    let mut stream = parked_connection(&weir).await;
     stream.write_all(b"GET / HTTP/1.1\r\nHo").await.unwrap();
     let answer = read_until_closed(&mut stream).await;
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
     assert_eq!(counters.timeouts(ClientTimeout::Header), 1);
 
     // Parked and left alone: closed at idle_timeout, counted as idle.
-    let mut idle = TcpStream::connect(weir.addr).await.unwrap();
-    raw_ok(&mut idle).await;
-    until("the idle connection parked", || counters.parked() == 1).await;
+    let mut idle = parked_connection(&weir).await;
     assert_eq!(read_until_closed(&mut idle).await, "");
     assert_eq!(counters.timeouts(ClientTimeout::Idle), 1);
     assert_eq!(counters.parked(), 0);
@@ -457,9 +461,7 @@ async fn a_parked_connection_closed_by_its_client_is_let_go() {
     let weir = weir_with(&backend, "", "").await;
     let info = weir.listener();
     let counters = &info.counters;
-    let mut stream = TcpStream::connect(weir.addr).await.unwrap();
-    raw_ok(&mut stream).await;
-    until("the idle connection parked", || counters.parked() == 1).await;
+    let stream = parked_connection(&weir).await;
     drop(stream);
     until("the connection closed", || counters.active() == 0).await;
     assert_eq!(counters.parked(), 0);
