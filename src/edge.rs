@@ -518,7 +518,6 @@ fn service(
     conn: Arc<Conn>,
     h2: bool,
 ) -> impl HttpService<Incoming, ResBody = Tracked, Error = ClientGone, Future: Send + Unpin + 'static>
-+ Clone
 + Send
 + Unpin
 + 'static {
