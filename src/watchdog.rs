@@ -110,6 +110,14 @@ impl ReadAhead {
         true
     }
 
+    /// Keeps the first `len` bytes of `buf` (at most its 24), to be handed on next.
+    fn hold(&mut self, buf: [u8; H2_PREFACE.len()], len: usize) {
+        self.buf = buf;
+        self.start = 0;
+        // At most the buffer's 24 bytes.
+        self.end = len as u8;
+    }
+
     /// Whether nothing is left to hand on.
     fn is_empty(&self) -> bool {
         self.unparsed.is_empty() && self.start == self.end
@@ -183,10 +191,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> GuardedIo<S> {
                     continue;
                 }
             };
-            self.ahead.buf = buf;
-            self.ahead.start = 0;
-            // At most the preface's 24 bytes.
-            self.ahead.end = (len + n) as u8;
+            self.ahead.hold(buf, len + n);
             Pin::new(self).set_h2(h2);
             return Poll::Ready(Ok(Some(h2)));
         }
@@ -203,10 +208,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> GuardedIo<S> {
         let mut read = ReadBuf::new(&mut buf);
         ready!(Pin::new(&mut *self).poll_read(cx, &mut read))?;
         let n = read.filled().len();
-        self.ahead.buf = buf;
-        self.ahead.start = 0;
-        // At most the buffer's 24 bytes.
-        self.ahead.end = n as u8;
+        self.ahead.hold(buf, n);
         Poll::Ready(Ok(n > 0))
     }
 }
