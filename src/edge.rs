@@ -165,6 +165,13 @@ impl InProgress {
         }
     }
 
+    /// A request that starts and ends at once, as an HTTP/1 server's would: for tests of what
+    /// follows a request.
+    #[cfg(test)]
+    pub(crate) fn start_and_end(conn: &Arc<Conn>) {
+        drop(InProgress::new(Arc::clone(conn), false));
+    }
+
     /// Whether the client has hung up: watched on plain HTTP/1 connections only, where hyper
     /// does not (see [`crate::peer`]). Otherwise the server notices, and drops the request.
     fn poll_gone(&self, cx: &mut Context<'_>) -> bool {

@@ -488,7 +488,10 @@ mod tests {
     use futures_util::FutureExt;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
+    use std::time::Duration;
+
     use crate::config::Config;
+    use crate::edge::InProgress;
     use crate::forward::ClientInfo;
     use crate::proxy::Proxy;
     use crate::stats::ListenerInfo;
@@ -599,5 +602,56 @@ mod tests {
         drop(client);
         let ended = std::future::poll_fn(|cx| io.poll_wake(cx)).await;
         assert!(!ended.unwrap(), "a closed connection does not wake");
+    }
+
+    /// An HTTP/1 connection, guarded, that has served one request, with the client's end of a
+    /// stream of `capacity` bytes each way.
+    async fn after_a_request(
+        capacity: usize,
+    ) -> (Arc<Conn>, DuplexStream, GuardedIo<DuplexStream>) {
+        let (conn, _, _) = guarded();
+        let (client, server) = tokio::io::duplex(capacity);
+        let io = GuardedIo::new(server, Arc::clone(&conn), Some(false));
+        tokio::time::advance(Duration::from_millis(1)).await;
+        InProgress::start_and_end(&conn);
+        (conn, client, io)
+    }
+
+    /// Reads once if something is there; `None` while the read would wait.
+    fn try_read(io: &mut GuardedIo<DuplexStream>) -> Option<io::Result<usize>> {
+        let mut buf = [0u8; 64];
+        io.read(&mut buf).now_or_never()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_http1_connection_asks_to_park_once_after_park_after() {
+        let (conn, _client, mut io) = after_a_request(1024).await;
+        assert!(try_read(&mut io).is_none());
+        tokio::time::advance(PARK_AFTER - Duration::from_millis(2)).await;
+        assert!(try_read(&mut io).is_none());
+        assert!(!conn.take_park(), "asked before PARK_AFTER");
+        tokio::time::advance(Duration::from_millis(2)).await;
+        assert!(try_read(&mut io).is_none());
+        assert!(conn.take_park(), "not asked at PARK_AFTER");
+        // Once per idle spell: the idle deadline is next.
+        tokio::time::advance(PARK_AFTER * 3).await;
+        assert!(try_read(&mut io).is_none());
+        assert!(!conn.take_park(), "asked twice");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_still_writing_its_answer_does_not_ask_to_park() {
+        // The client reads nothing: the last answer's bytes wait in the stream.
+        let (conn, _client, mut io) = after_a_request(64).await;
+        let written = io.write(&[b'x'; 128]).await.unwrap();
+        let more = io.write(&[b'x'; 128 - 64]).now_or_never();
+        assert!(written == 64 && more.is_none(), "the write stalls");
+        assert!(try_read(&mut io).is_none());
+        tokio::time::advance(PARK_AFTER * 2).await;
+        assert!(try_read(&mut io).is_none());
+        assert!(
+            !conn.take_park(),
+            "a server with bytes to write cannot park"
+        );
     }
 }
