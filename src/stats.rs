@@ -96,16 +96,14 @@ impl ListenerCounters {
         self.limits[l as usize].fetch_add(1, Ordering::Relaxed);
     }
     /// Counts an accepted connection as open until the returned guard is dropped.
-    pub fn open(&self) -> OpenConnection<'_> {
+    pub fn open(&self) -> Counted<'_> {
         self.accepted.fetch_add(1, Ordering::Relaxed);
-        self.active.fetch_add(1, Ordering::Relaxed);
-        OpenConnection(self)
+        Counted::new(&self.active)
     }
 
     /// Counts an open connection as parked ([`crate::park`]) until the returned guard is dropped.
-    pub fn park(&self) -> ParkedConnection<'_> {
-        self.parked.fetch_add(1, Ordering::Relaxed);
-        ParkedConnection(self)
+    pub fn park(&self) -> Counted<'_> {
+        Counted::new(&self.parked)
     }
 
     pub fn accepted(&self) -> u64 {
@@ -128,21 +126,20 @@ impl ListenerCounters {
     }
 }
 
-/// An open connection, counted in [`ListenerCounters::active`] while it lives.
-pub struct OpenConnection<'a>(&'a ListenerCounters);
+/// A connection counted in one of the gauges of [`ListenerCounters`] (open, parked) while it
+/// lives.
+pub struct Counted<'a>(&'a AtomicUsize);
 
-impl Drop for OpenConnection<'_> {
-    fn drop(&mut self) {
-        self.0.active.fetch_sub(1, Ordering::Relaxed);
+impl<'a> Counted<'a> {
+    fn new(gauge: &'a AtomicUsize) -> Counted<'a> {
+        gauge.fetch_add(1, Ordering::Relaxed);
+        Counted(gauge)
     }
 }
 
-/// A parked connection, counted in [`ListenerCounters::parked`] while it lives.
-pub struct ParkedConnection<'a>(&'a ListenerCounters);
-
-impl Drop for ParkedConnection<'_> {
+impl Drop for Counted<'_> {
     fn drop(&mut self) {
-        self.0.parked.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
