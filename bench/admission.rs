@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
-use weir::admission::Pool;
+use weir::Pool;
 
 fn admit_release(pool: &Arc<Pool>) {
     // A free slot admits without waiting, so the future completes on its first poll.

@@ -23,9 +23,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 
-use crate::config::Config;
-use crate::error::REJECT_HEADER;
-use crate::{Options, Server};
+use weir::config::{Config, ConfigError};
+use weir::{Options, REJECT_HEADER, Server, StartError};
 
 /// Requests the built-in backend serves at once, and how long each takes: 320 requests/s.
 const BACKEND_CONCURRENCY: usize = 8;
@@ -68,9 +67,9 @@ pub enum DemoError {
     #[error("cannot start the demo backend: {0}")]
     Backend(#[source] std::io::Error),
     #[error("cannot start weir: {0}")]
-    Weir(#[from] crate::StartError),
+    Weir(#[from] StartError),
     #[error("{0}")]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] ConfigError),
     #[error("weir's address is not a URI: {0}")]
     Uri(#[source] http::uri::InvalidUri),
 }
@@ -103,7 +102,7 @@ pub async fn run(duration: Duration, admin: SocketAddr) -> Result<(), DemoError>
     let server = match Server::bind(config(backend, admin)?, Options::default()).await {
         Ok(s) => s,
         // The admin port is taken (another weir?): take any free one rather than fail the demo.
-        Err(crate::StartError::Bind { name, .. }) if name == "admin" => {
+        Err(StartError::Bind { name, .. }) if name == "admin" => {
             Server::bind(
                 config(backend, SocketAddr::from(([127, 0, 0, 1], 0)))?,
                 Options::default(),
@@ -266,7 +265,7 @@ pub async fn run(duration: Duration, admin: SocketAddr) -> Result<(), DemoError>
     Ok(())
 }
 
-fn config(backend: SocketAddr, admin: SocketAddr) -> Result<Config, crate::config::ConfigError> {
+fn config(backend: SocketAddr, admin: SocketAddr) -> Result<Config, ConfigError> {
     Config::from_toml_str(&format!(
         "drain_timeout = \"2s\"\n\
          [admin]\naddr = \"{admin}\"\n\

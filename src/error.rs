@@ -1,15 +1,9 @@
-//! Request-path errors, the reasons they are counted under, and the one place that turns any of
-//! them into an HTTP answer ([`ProxyError::into_response`]).
+//! Request-path errors and the one table of what each is answered with: a status, a short public
+//! text and the [`Reason`] it is counted under. The answer itself is built in `proxy::respond`.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use http::{HeaderName, StatusCode};
 
-use bytes::Bytes;
-use http::{HeaderName, HeaderValue, Response, StatusCode, header};
-
-use crate::body::{RequestBodyError, ResponseBody};
-use crate::metrics::Histogram;
-use crate::stripes::Stripes;
+use crate::telemetry::{Reason, UpstreamErrorKind};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -47,154 +41,19 @@ pub enum ProxyError {
     Internal,
 }
 
-/// Why a request was answered by weir rather than the backend, or not answered at all.
-/// The set is fixed so it can label counters without unbounded cardinality.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    QueueFull,
-    QueueTimeout,
-    /// `request_timeout` fired before the response head arrived.
-    Deadline,
-    /// The client went away while its request was queued or in flight.
-    ClientGone,
-    UpstreamConnect,
-    UpstreamReset,
-    UpstreamProtocol,
-    NoRoute,
-    BadRequest,
-    /// The request body stalled for `body_timeout` (408).
-    BodyTimeout,
-    /// The request body is larger than `max_body_bytes` (413).
-    BodyTooLarge,
-    /// Request buffers hold `max_buffered_bytes` already (503).
-    BufferFull,
-    Internal,
-}
-
-impl Reason {
-    pub const ALL: [Reason; 13] = [
-        Reason::QueueFull,
-        Reason::QueueTimeout,
-        Reason::Deadline,
-        Reason::ClientGone,
-        Reason::UpstreamConnect,
-        Reason::UpstreamReset,
-        Reason::UpstreamProtocol,
-        Reason::NoRoute,
-        Reason::BadRequest,
-        Reason::BodyTimeout,
-        Reason::BodyTooLarge,
-        Reason::BufferFull,
-        Reason::Internal,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Reason::QueueFull => "queue_full",
-            Reason::QueueTimeout => "queue_timeout",
-            Reason::Deadline => "deadline",
-            Reason::ClientGone => "client_gone",
-            Reason::UpstreamConnect => "upstream_connect",
-            Reason::UpstreamReset => "upstream_reset",
-            Reason::UpstreamProtocol => "upstream_protocol",
-            Reason::NoRoute => "no_route",
-            Reason::BadRequest => "bad_request",
-            Reason::BodyTimeout => "body_timeout",
-            Reason::BodyTooLarge => "body_too_large",
-            Reason::BufferFull => "buffer_full",
-            Reason::Internal => "internal",
-        }
-    }
-}
-
-/// Kinds of upstream failure, counted per upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum UpstreamErrorKind {
-    Connect,
-    /// The deadline fired, before or during the response.
+/// Why a request body could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestBodyError {
+    #[error("the request body made no progress for body_timeout")]
     Timeout,
-    /// The connection closed or was reset mid-exchange.
-    Reset,
-    /// The backend sent something that is not valid HTTP.
-    Protocol,
-}
-
-impl UpstreamErrorKind {
-    pub const ALL: [UpstreamErrorKind; 4] = [
-        UpstreamErrorKind::Connect,
-        UpstreamErrorKind::Timeout,
-        UpstreamErrorKind::Reset,
-        UpstreamErrorKind::Protocol,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            UpstreamErrorKind::Connect => "connect",
-            UpstreamErrorKind::Timeout => "timeout",
-            UpstreamErrorKind::Reset => "reset",
-            UpstreamErrorKind::Protocol => "protocol",
-        }
-    }
-}
-
-/// Per-upstream counters and latency histograms, indexed by enum. Those of every request are
-/// striped by thread (see [`Stripes`]); rejections and errors are plain atomics, one relaxed
-/// add each. They live in the upstream's pool, which a configuration reload keeps.
-#[derive(Debug, Default)]
-pub struct Counters {
-    rejected: [AtomicU64; Reason::ALL.len()],
-    upstream_errors: [AtomicU64; UpstreamErrorKind::ALL.len()],
-    /// Answers by status class (see [`crate::metrics::STATUS_CLASSES`]).
-    responses: Stripes<5>,
-    request_duration: Histogram,
-    queue_wait: Histogram,
-}
-
-impl Counters {
-    /// Counts one finished request: its answer's status, duration and queue wait.
-    pub fn finished(
-        &self,
-        status: Option<StatusCode>,
-        duration: Duration,
-        queue_wait: Option<Duration>,
-    ) {
-        if let Some(s) = status {
-            self.responses.add(crate::metrics::status_class(s), 1);
-        }
-        self.request_duration.observe(duration);
-        if let Some(w) = queue_wait {
-            self.queue_wait.observe(w);
-        }
-    }
-
-    /// Answers sent in status class `class` (an index into [`crate::metrics::STATUS_CLASSES`]).
-    pub fn responses(&self, class: usize) -> u64 {
-        self.responses.sum(class)
-    }
-
-    pub fn request_duration(&self) -> &Histogram {
-        &self.request_duration
-    }
-
-    pub fn queue_wait(&self) -> &Histogram {
-        &self.queue_wait
-    }
-
-    pub fn reject(&self, reason: Reason) {
-        self.rejected[reason as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn upstream_error(&self, kind: UpstreamErrorKind) {
-        self.upstream_errors[kind as usize].fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn rejected(&self, reason: Reason) -> u64 {
-        self.rejected[reason as usize].load(Ordering::Relaxed)
-    }
-
-    pub fn upstream_errors(&self, kind: UpstreamErrorKind) -> u64 {
-        self.upstream_errors[kind as usize].load(Ordering::Relaxed)
-    }
+    #[error("the request body arrived slower than min_body_rate")]
+    TooSlow,
+    #[error("the request body exceeds max_body_bytes")]
+    TooLarge,
+    #[error("the request body cannot be buffered: max_buffered_bytes is reached")]
+    BufferFull,
+    #[error("reading the request body from the client failed")]
+    Client(#[source] hyper::Error),
 }
 
 impl From<RequestBodyError> for ProxyError {
@@ -244,7 +103,7 @@ impl ProxyError {
     }
 
     /// Status and short public body. Bodies name the reason only: no addresses, no causes.
-    fn status(&self) -> (StatusCode, &'static str) {
+    pub(crate) fn status(&self) -> (StatusCode, &'static str) {
         match self {
             ProxyError::NoRoute => (StatusCode::NOT_FOUND, "no route\n"),
             ProxyError::QueueFull | ProxyError::QueueTimeout | ProxyError::BufferFull => {
@@ -261,85 +120,5 @@ impl ProxyError {
             ProxyError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
             ProxyError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
         }
-    }
-
-    /// Counts the error on its upstream (when there is one) and builds the answer for the client.
-    /// `retry_after` is the upstream's pre-rendered `Retry-After` value, sent with every 503.
-    pub fn into_response(
-        self,
-        counters: Option<&Counters>,
-        retry_after: Option<&HeaderValue>,
-    ) -> Response<ResponseBody> {
-        let reason = self.reason();
-        if let Some(c) = counters {
-            c.reject(reason);
-            if let Some(kind) = self.upstream_error_kind() {
-                c.upstream_error(kind);
-            }
-        }
-        let (status, body) = self.status();
-        let mut response = Response::new(ResponseBody::full(Bytes::from_static(body.as_bytes())));
-        *response.status_mut() = status;
-        let headers = response.headers_mut();
-        headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
-        headers.insert(
-            REJECT_HEADER.clone(),
-            HeaderValue::from_static(reason.as_str()),
-        );
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            let value = retry_after
-                .cloned()
-                .unwrap_or_else(|| HeaderValue::from_static("1"));
-            headers.insert(header::RETRY_AFTER, value);
-        }
-        response
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_status_table() {
-        let io = || -> BoxError { "x".into() };
-        let table = [
-            (ProxyError::NoRoute, 404),
-            (ProxyError::QueueFull, 503),
-            (ProxyError::QueueTimeout, 503),
-            (ProxyError::UpstreamTimeout, 504),
-            (ProxyError::UpstreamConnect(io()), 502),
-            (ProxyError::UpstreamReset(io()), 502),
-            (ProxyError::UpstreamProtocol(io()), 502),
-            (ProxyError::BadRequest("x"), 400),
-            (ProxyError::BodyTimeout, 408),
-            (ProxyError::BodyTooLarge, 413),
-            (ProxyError::BufferFull, 503),
-            (ProxyError::ClientBody(io()), 400),
-            (ProxyError::Internal, 500),
-        ];
-        for (err, status) in table {
-            let reason = err.reason();
-            let r = err.into_response(None, None);
-            assert_eq!(r.status().as_u16(), status, "{reason:?}");
-            assert_eq!(r.headers()[&REJECT_HEADER], reason.as_str());
-            assert_eq!(r.headers().contains_key(header::RETRY_AFTER), status == 503);
-        }
-    }
-
-    #[test]
-    fn counts_reason_and_upstream_error_kind() {
-        let c = Counters::default();
-        let retry = HeaderValue::from_static("3");
-        let r = ProxyError::QueueFull.into_response(Some(&c), Some(&retry));
-        assert_eq!(r.headers()[header::RETRY_AFTER], "3");
-        ProxyError::UpstreamTimeout.into_response(Some(&c), None);
-        assert_eq!(c.rejected(Reason::QueueFull), 1);
-        assert_eq!(c.rejected(Reason::Deadline), 1);
-        assert_eq!(c.upstream_errors(UpstreamErrorKind::Timeout), 1);
-        assert_eq!(c.upstream_errors(UpstreamErrorKind::Connect), 0);
     }
 }

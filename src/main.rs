@@ -9,7 +9,10 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 use weir::config::{Config, LogConfig, LogFormat};
-use weir::logging::Logs;
+use weir::ops::logging::Logs;
+use weir::ops::signals;
+
+mod demo;
 
 /// Log bytes queued at most while stdout does not take them; lines beyond are dropped.
 const LOG_QUEUE_BYTES: usize = 4 << 20;
@@ -57,7 +60,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Demo { duration, admin }) = cli.command {
-        return weir::demo::main(duration, admin);
+        return demo::main(duration, admin);
     }
 
     let Some(path) = cli.config else {
@@ -96,7 +99,7 @@ fn main() -> ExitCode {
     let code = runtime.block_on(async move {
         tokio::spawn(async move { drain.drain(std::io::stdout()).await });
         tokio::spawn(return_freed_memory());
-        let signals = match weir::shutdown::on_signals() {
+        let signals = match signals::on_signals() {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("weir: cannot install signal handlers: {e}");
@@ -110,7 +113,8 @@ fn main() -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        if let Err(e) = weir::shutdown::on_reload(server.reloader(), path) {
+        let reloader = server.reloader();
+        if let Err(e) = signals::on_reload(move |p| reloader.reload_file(p), path) {
             eprintln!("weir: cannot install the SIGHUP handler: {e}");
             return ExitCode::from(1);
         }
@@ -131,7 +135,7 @@ fn main() -> ExitCode {
 
 /// Asks jemalloc every [`PURGE_INTERVAL`] to return to the system the pages freed and not
 /// reused for `dirty_decay_ms` (.cargo/config.toml). It does so by itself only when it is called,
-/// so without traffic the memory that idle connections gave back (`weir::park`) would stay
+/// so without traffic the memory that idle connections gave back (weir's `listener::park`) would stay
 /// resident; its own background thread would make weir multi-threaded on one core, and glibc's
 /// socket calls slower for good.
 async fn return_freed_memory() {
@@ -172,7 +176,7 @@ fn runtime_builder() -> tokio::runtime::Builder {
 }
 
 /// Logs to stdout through a bounded queue that a task on the runtime writes out (see
-/// `weir::logging`): no request waits on the terminal or the log pipe, and lines are dropped
+/// `weir::ops::logging`): no request waits on the terminal or the log pipe, and lines are dropped
 /// and counted, not queued without bound, if stdout stalls. `RUST_LOG`, when set, overrides
 /// `[log] level`.
 fn init_logging(log: &LogConfig) -> Logs {
@@ -181,7 +185,7 @@ fn init_logging(log: &LogConfig) -> Logs {
         .and_then(|v| EnvFilter::try_new(v).ok())
         .unwrap_or_else(|| EnvFilter::new(&log.level));
     if !log.access {
-        if let Ok(off) = format!("{}=off", weir::record::ACCESS_TARGET).parse() {
+        if let Ok(off) = format!("{}=off", weir::ACCESS_TARGET).parse() {
             filter = filter.add_directive(off);
         }
     }

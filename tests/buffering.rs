@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpSocket;
 use tokio::net::TcpStream;
-use weir::error::Reason;
+use weir::Reason;
 
 use support::*;
 

@@ -13,7 +13,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weir::Options;
-use weir::stats::{ClientTimeout, ConnReject, SizeLimit};
+use weir::{ClientTimeout, ConnReject, SizeLimit};
 
 use support::*;
 
@@ -56,7 +56,7 @@ async fn raw_get_ok(stream: &mut TcpStream, path: &str) {
     );
 }
 
-/// A keep-alive connection that has made one request and then parked (`weir::park`): the
+/// A keep-alive connection that has made one request and then parked (`listener::park`): the
 /// listener's only parked one.
 async fn parked_connection(weir: &Weir) -> TcpStream {
     let mut stream = TcpStream::connect(weir.addr).await.unwrap();

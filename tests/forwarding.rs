@@ -12,7 +12,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
-use weir::error::{Reason, UpstreamErrorKind};
+use weir::{Reason, UpstreamErrorKind};
 
 use support::*;
 

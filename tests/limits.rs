@@ -9,8 +9,8 @@ use http::StatusCode;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use weir::Options;
-use weir::error::Reason;
-use weir::forward::RequestHook;
+use weir::Reason;
+use weir::RequestHook;
 
 use support::*;
 

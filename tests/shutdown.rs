@@ -44,7 +44,7 @@ async fn drain_finishes_in_flight_and_queued_requests_and_refuses_new_connection
         .unwrap();
     assert!(read_response(&mut idle).await.starts_with("HTTP/1.1 200"));
     let info = weir.listener();
-    // Idle long enough to have given back its server's state (`weir::park`).
+    // Idle long enough to have given back its server's state (`listener::park`).
     until("the idle connection parked", || info.counters.parked() == 1).await;
     // A connection that has not sent a byte yet.
     let mut silent = TcpStream::connect(addr).await.unwrap();

@@ -20,7 +20,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use weir::Options;
-use weir::stats::{ClientTimeout, ConnReject};
+use weir::{ClientTimeout, ConnReject};
 
 use support::*;
 

@@ -23,8 +23,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot, watch};
 use tokio::task::JoinHandle;
+use weir::Upstream;
 use weir::config::Config;
-use weir::forward::Upstream;
 use weir::{Options, Server};
 
 /// Upper bound for any single wait in a test: generous for a loaded 2-core machine.
@@ -280,8 +280,8 @@ pub struct Weir {
     pub addr: SocketAddr,
     /// The admin listener (`/metrics`, `/healthz`, `/readyz`), on its own port.
     pub admin: SocketAddr,
-    pub proxy: Arc<weir::proxy::Proxy>,
-    listener: Arc<weir::stats::ListenerInfo>,
+    pub proxy: Arc<weir::Proxy>,
+    listener: Arc<weir::ListenerInfo>,
     pub reloader: weir::Reloader,
     server_upstreams: Vec<Arc<Upstream>>,
     shutdown: Option<oneshot::Sender<()>>,
@@ -296,7 +296,7 @@ impl Weir {
             .expect("test names an upstream that exists")
     }
 
-    pub fn listener(&self) -> Arc<weir::stats::ListenerInfo> {
+    pub fn listener(&self) -> Arc<weir::ListenerInfo> {
         Arc::clone(&self.listener)
     }
 

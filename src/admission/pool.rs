@@ -1,0 +1,366 @@
+//! The admission pool of one upstream: at most `max_concurrency` requests in flight, at most
+//! `max_queue` more waiting in arrival order, and an immediate rejection beyond that.
+//!
+//! A [`Permit`] owns its slot and a waiting request owns its queue place: dropping either (the
+//! request finished, failed, timed out, panicked, or its client went away and hyper dropped the
+//! future) gives it back. There is no release call to forget. A permit borrows its pool, which
+//! costs nothing; one that must outlive the request's future (a response body still streaming)
+//! becomes an [`OwnedPermit`], which holds a reference to the pool.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::slots::Slots;
+use crate::sync::Stripes;
+use crate::telemetry::UpstreamCounters;
+
+/// Why the pool turned a request away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// `max_queue` requests were already waiting.
+    QueueFull,
+    /// No slot came free within `queue_timeout`.
+    QueueTimeout,
+}
+
+/// One upstream's slots and queue.
+#[derive(Debug)]
+pub struct Pool {
+    /// Released slots go to waiters in arrival order, and `try_acquire` fails while anyone
+    /// waits, so arrival order is kept. Admission and release cost one compare-and-swap each
+    /// while nobody waits ([`Slots`]).
+    slots: Slots,
+    /// The limits are atomics so that a configuration reload resizes the pool in place: requests
+    /// already admitted or queued keep their slot or place.
+    max_concurrency: AtomicUsize,
+    max_queue: AtomicUsize,
+    queue_timeout_nanos: AtomicU64,
+    /// Slots to retire as they are released: a limit lowered below the slots in use cannot take
+    /// them back from running requests, so the next releases are not returned to the slots.
+    retiring: AtomicUsize,
+    /// Requests waiting for a slot now.
+    queued: AtomicUsize,
+    /// Requests holding a slot now: a gauge striped by thread, raised and lowered without an
+    /// atomic read-modify-write.
+    in_flight: Stripes<1>,
+    /// The upstream's rejection and error counters. They live beside the slots so that a permit
+    /// held by a streaming body can count a late deadline without a second shared reference.
+    counters: UpstreamCounters,
+}
+
+/// A slot in the pool, released when dropped.
+#[derive(Debug)]
+pub struct Permit<'a> {
+    pool: &'a Arc<Pool>,
+    /// How long the request waited in the queue (zero when a slot was free at once).
+    queue_wait: Duration,
+}
+
+/// A slot in the pool held beyond the request's future, released when dropped.
+#[derive(Debug)]
+pub struct OwnedPermit {
+    pool: Arc<Pool>,
+}
+
+/// A place in the queue, given back when dropped (admitted, timed out, or client gone).
+struct QueuePlace<'a>(&'a Pool);
+
+impl Pool {
+    pub fn new(max_concurrency: usize, max_queue: usize, queue_timeout: Duration) -> Pool {
+        Pool {
+            slots: Slots::new(max_concurrency),
+            max_concurrency: AtomicUsize::new(max_concurrency),
+            max_queue: AtomicUsize::new(max_queue),
+            queue_timeout_nanos: AtomicU64::new(nanos(queue_timeout)),
+            retiring: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
+            in_flight: Stripes::default(),
+            counters: UpstreamCounters::default(),
+        }
+    }
+
+    /// Waits for a slot: at once if one is free, in the queue for at most `queue_timeout`
+    /// otherwise, or not at all when the queue is full.
+    pub async fn admit(self: &Arc<Self>) -> Result<Permit<'_>, Rejected> {
+        if self.slots.try_acquire() {
+            return Ok(self.permit(Duration::ZERO));
+        }
+        // Boxed: the wait is the uncommon path, and its timer would otherwise make every
+        // request's future (moved a few times per request) a few hundred bytes larger.
+        Box::pin(self.wait()).await
+    }
+
+    /// Waits in the queue for a slot, up to `queue_timeout`.
+    async fn wait(self: &Arc<Self>) -> Result<Permit<'_>, Rejected> {
+        let _place = self.enter_queue()?;
+        let start = Instant::now();
+        let timeout = Duration::from_nanos(self.queue_timeout_nanos.load(Ordering::Relaxed));
+        match tokio::time::timeout(timeout, self.slots.acquire()).await {
+            Ok(()) => Ok(self.permit(start.elapsed())),
+            Err(_) => Err(Rejected::QueueTimeout),
+        }
+    }
+
+    /// Applies new limits (a configuration reload). Raising `max_concurrency` frees slots at once;
+    /// lowering it retires free slots now and busy ones as their requests finish, so no admitted
+    /// request is cancelled. Queued requests keep their place even when `max_queue` shrinks below
+    /// the queue's length; new ones are turned away until it is below the limit again.
+    pub fn resize(&self, max_concurrency: usize, max_queue: usize, queue_timeout: Duration) {
+        self.max_queue.store(max_queue, Ordering::Relaxed);
+        self.queue_timeout_nanos
+            .store(nanos(queue_timeout), Ordering::Relaxed);
+        let old = self.max_concurrency.swap(max_concurrency, Ordering::AcqRel);
+        if max_concurrency > old {
+            let grow = max_concurrency - old;
+            // Cancel pending retirements first: those slots are still in use and simply stay.
+            let retiring = self
+                .retiring
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| {
+                    Some(r.saturating_sub(grow))
+                })
+                .unwrap_or_else(|r| r);
+            self.slots.release(grow - retiring.min(grow));
+        } else if max_concurrency < old {
+            let shrink = old - max_concurrency;
+            let taken = self.slots.forget(shrink);
+            self.retiring.fetch_add(shrink - taken, Ordering::AcqRel);
+        }
+    }
+
+    fn enter_queue(&self) -> Result<QueuePlace<'_>, Rejected> {
+        let max_queue = self.max_queue.load(Ordering::Relaxed);
+        self.queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
+                (q < max_queue).then_some(q + 1)
+            })
+            .map(|_| QueuePlace(self))
+            .map_err(|_| Rejected::QueueFull)
+    }
+
+    fn permit(self: &Arc<Self>, queue_wait: Duration) -> Permit<'_> {
+        self.in_flight.add(0, 1);
+        Permit {
+            pool: self,
+            queue_wait,
+        }
+    }
+
+    /// Gives a slot back: to the slots, or to a retirement a lowered limit asked for.
+    fn release(&self) {
+        self.in_flight.add(0, 1u64.wrapping_neg());
+        // Almost always zero: one relaxed load on the common path.
+        if self.retiring.load(Ordering::Relaxed) > 0
+            && self
+                .retiring
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |r| r.checked_sub(1))
+                .is_ok()
+        {
+            return;
+        }
+        self.slots.release(1);
+    }
+
+    /// Requests waiting for a slot now.
+    pub fn queue_depth(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Requests holding a slot now.
+    pub fn in_flight(&self) -> usize {
+        // The stripes' wrapping sum, never negative once all are in; one read while a request
+        // moves between threads may see its release without its admission.
+        usize::try_from(self.in_flight.sum(0) as i64).unwrap_or(0)
+    }
+
+    pub fn counters(&self) -> &UpstreamCounters {
+        &self.counters
+    }
+
+    pub fn max_concurrency(&self) -> usize {
+        self.max_concurrency.load(Ordering::Relaxed)
+    }
+
+    pub fn max_queue(&self) -> usize {
+        self.max_queue.load(Ordering::Relaxed)
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Permit<'_> {
+    pub fn queue_wait(&self) -> Duration {
+        self.queue_wait
+    }
+
+    /// The slot, held on past the pool's borrow.
+    pub fn into_owned(self) -> OwnedPermit {
+        let pool = Arc::clone(self.pool);
+        // The slot passes to the owned permit: not released here.
+        std::mem::forget(self);
+        OwnedPermit { pool }
+    }
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        self.pool.release();
+    }
+}
+
+impl OwnedPermit {
+    pub fn counters(&self) -> &UpstreamCounters {
+        &self.pool.counters
+    }
+}
+
+impl Drop for OwnedPermit {
+    fn drop(&mut self) {
+        self.pool.release();
+    }
+}
+
+impl Drop for QueuePlace<'_> {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Poll, Waker};
+
+    fn poll_once<F: Future>(f: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+        f.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn admits_up_to_the_limit_then_queues_then_rejects() {
+        let pool = Arc::new(Pool::new(2, 1, Duration::from_millis(100)));
+        let a = pool.admit().await.unwrap();
+        let _b = pool.admit().await.unwrap();
+        assert_eq!(pool.in_flight(), 2);
+
+        let mut queued = pin!(pool.admit());
+        assert!(poll_once(queued.as_mut()).is_pending());
+        assert_eq!(pool.queue_depth(), 1);
+
+        // The queue holds one: the next is turned away without waiting.
+        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+
+        drop(a);
+        let c = queued.await.unwrap();
+        assert_eq!(pool.queue_depth(), 0);
+        assert_eq!(pool.in_flight(), 2);
+        drop(c);
+        assert_eq!(pool.in_flight(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queue_timeout_frees_the_place() {
+        let pool = Arc::new(Pool::new(1, 4, Duration::from_millis(100)));
+        let _held = pool.admit().await.unwrap();
+        let start = tokio::time::Instant::now();
+        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueTimeout);
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
+        assert_eq!(pool.queue_depth(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn dropping_a_waiter_leaves_the_queue_and_keeps_order() {
+        let pool = Arc::new(Pool::new(1, 4, Duration::from_secs(10)));
+        let held = pool.admit().await.unwrap();
+        let mut first = Box::pin(pool.admit());
+        let mut second = Box::pin(pool.admit());
+        let mut third = Box::pin(pool.admit());
+        assert!(poll_once(first.as_mut()).is_pending());
+        assert!(poll_once(second.as_mut()).is_pending());
+        assert!(poll_once(third.as_mut()).is_pending());
+        assert_eq!(pool.queue_depth(), 3);
+
+        drop(second); // its client went away
+        assert_eq!(pool.queue_depth(), 2);
+
+        drop(held);
+        let p1 = first.await.unwrap();
+        assert!(
+            poll_once(third.as_mut()).is_pending(),
+            "FIFO: third waits for first"
+        );
+        drop(p1);
+        let p3 = third.await.unwrap();
+        assert_eq!(p3.queue_wait(), Duration::ZERO);
+        drop(p3);
+        assert_eq!((pool.in_flight(), pool.queue_depth()), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shrinking_keeps_admitted_work_and_retires_slots_as_they_free() {
+        let pool = Arc::new(Pool::new(4, 0, Duration::from_secs(1)));
+        let held: Vec<_> = futures_util::future::join_all((0..3).map(|_| pool.admit()))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        pool.resize(1, 0, Duration::from_secs(1));
+        assert_eq!(pool.in_flight(), 3, "admitted requests keep their slots");
+        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+        let mut held = held.into_iter();
+        drop(held.next());
+        drop(held.next());
+        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+        drop(held.next());
+        let one = pool.admit().await.unwrap();
+        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+        drop(one);
+
+        // Growing again cancels nothing and adds slots at once.
+        pool.resize(3, 0, Duration::from_secs(1));
+        let all: Vec<_> = futures_util::future::join_all((0..3).map(|_| pool.admit())).await;
+        assert!(all.iter().all(Result::is_ok));
+        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn growing_while_slots_retire_cancels_the_retirement() {
+        let pool = Arc::new(Pool::new(2, 0, Duration::from_secs(1)));
+        let a = pool.admit().await.unwrap();
+        let b = pool.admit().await.unwrap();
+        pool.resize(1, 0, Duration::from_secs(1)); // one busy slot to retire
+        pool.resize(2, 0, Duration::from_secs(1)); // and back: nothing to retire
+        drop(a);
+        let c = pool.admit().await.unwrap();
+        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+        drop((b, c));
+        assert_eq!(pool.in_flight(), 0);
+        let _x = pool.admit().await.unwrap();
+        let _y = pool.admit().await.unwrap();
+        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_owned_permit_holds_the_slot_once_until_dropped() {
+        let pool = Arc::new(Pool::new(1, 0, Duration::from_secs(1)));
+        let owned = pool.admit().await.unwrap().into_owned();
+        assert_eq!(pool.in_flight(), 1);
+        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+        drop(owned);
+        assert_eq!(pool.in_flight(), 0);
+        let _again = pool.admit().await.unwrap();
+        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_queue_rejects_when_busy() {
+        let pool = Arc::new(Pool::new(1, 0, Duration::from_secs(1)));
+        let _held = pool.admit().await.unwrap();
+        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+    }
+}

@@ -1,0 +1,19 @@
+//! HTTP pieces shared by both sides of the proxy, below the upstream layer: body frames read
+//! ahead, the budget for buffered bytes, the downstream request body under its limits, header
+//! rewriting (hop-by-hop fields, `X-Forwarded-*`), and what weir knows of the downstream
+//! connection and its listener.
+
+mod buffer;
+mod downstream;
+mod frames;
+mod headers;
+mod request_body;
+
+pub use buffer::{BufferPool, Reservation};
+pub use downstream::{Downstream, ListenerInfo};
+pub use frames::Frames;
+pub(crate) use frames::{data_len, hint_after};
+pub(crate) use headers::{
+    Forwarded, Scan, SetFields, has_token, remove_hop_by_hop, strip_hop_by_hop,
+};
+pub use request_body::{Buffered, RequestBody};

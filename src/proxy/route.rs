@@ -1,0 +1,115 @@
+//! Routing: the table of upstreams and the rules that pick one for a request.
+
+use std::sync::Arc;
+
+use http::{Request, header};
+
+use crate::config::RouteConfig;
+use crate::upstream::Upstream;
+
+/// The routing table: upstreams and the rules that pick one.
+pub(super) struct Table {
+    pub(super) upstreams: Vec<Arc<Upstream>>,
+    routes: Vec<RouteConfig>,
+}
+
+impl Table {
+    pub(super) fn new(upstreams: Vec<Arc<Upstream>>, routes: Vec<RouteConfig>) -> Table {
+        Table { upstreams, routes }
+    }
+
+    /// The first route whose conditions all hold; with no routes, the only upstream.
+    pub(super) fn route<B>(&self, req: &Request<B>) -> Option<&Arc<Upstream>> {
+        if self.routes.is_empty() {
+            return self.upstreams.first();
+        }
+        let host = request_host(req);
+        let path = req.uri().path();
+        self.routes
+            .iter()
+            .find(|r| {
+                r.host
+                    .as_deref()
+                    .is_none_or(|h| host.is_some_and(|rh| rh.eq_ignore_ascii_case(h)))
+                    && r.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
+            })
+            .map(|r| &self.upstreams[r.upstream])
+    }
+}
+
+/// The host a request is for, without its port: the Host header, or the URI's authority.
+fn request_host<B>(req: &Request<B>) -> Option<&str> {
+    let raw = match req.headers().get(header::HOST) {
+        Some(h) => h.to_str().ok()?,
+        None => req.uri().host()?,
+    };
+    // Strip a port, minding IPv6 literals ("[::1]:8080").
+    Some(match raw.rfind(':') {
+        Some(i) if !raw[i..].contains(']') => &raw[..i],
+        _ => raw,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::proxy::Proxy;
+
+    fn proxy(toml_routes: &str) -> Proxy {
+        let text = format!(
+            "[[listener]]\nname=\"l\"\naddr=\"127.0.0.1:0\"\n\
+             [[upstream]]\nname=\"api\"\naddr=\"127.0.0.1:1\"\n\
+             [[upstream]]\nname=\"web\"\naddr=\"127.0.0.1:2\"\n{toml_routes}"
+        );
+        Proxy::new(&Config::from_toml_str(&text).unwrap(), None)
+    }
+
+    fn routed(p: &Proxy, host: Option<&str>, uri: &str) -> Option<String> {
+        let mut b = Request::builder().uri(uri);
+        if let Some(h) = host {
+            b = b.header(header::HOST, h);
+        }
+        p.table
+            .load()
+            .route(&b.body(()).unwrap())
+            .map(|u| u.name.clone())
+    }
+
+    #[tokio::test]
+    async fn first_match_wins_on_host_and_prefix() {
+        let p = proxy(
+            "[[route]]\nhost=\"api.example.com\"\npath_prefix=\"/v1\"\nupstream=\"api\"\n\
+             [[route]]\npath_prefix=\"/static/\"\nupstream=\"web\"\n\
+             [[route]]\nhost=\"API.example.com\"\nupstream=\"web\"\n",
+        );
+        assert_eq!(
+            routed(&p, Some("api.example.com:8443"), "/v1/x").as_deref(),
+            Some("api")
+        );
+        assert_eq!(
+            routed(&p, Some("Api.Example.com"), "/v2").as_deref(),
+            Some("web")
+        );
+        assert_eq!(
+            routed(&p, Some("other"), "/static/a.css").as_deref(),
+            Some("web")
+        );
+        assert_eq!(
+            routed(&p, None, "http://api.example.com/v1").as_deref(),
+            Some("api")
+        );
+        assert_eq!(routed(&p, Some("other"), "/v1"), None);
+    }
+
+    #[test]
+    fn host_without_port() {
+        let r = |h: &str| {
+            let req = Request::builder().header(header::HOST, h).body(()).unwrap();
+            request_host(&req).map(str::to_string)
+        };
+        assert_eq!(r("a.b:80").as_deref(), Some("a.b"));
+        assert_eq!(r("[::1]:80").as_deref(), Some("[::1]"));
+        assert_eq!(r("[::1]").as_deref(), Some("[::1]"));
+    }
+}

@@ -1,0 +1,260 @@
+//! One upstream: its admission pool, its pooled keep-alive client, and the forwarding of a request
+//! to it under a deadline: admitted, rewritten (`rewrite`), sent, and its answer read ahead or
+//! streamed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Response;
+use http::header::{self, HeaderValue};
+use http_body::Body as _;
+use tokio::time::Instant;
+
+use super::client::{BackendBody, Client, ClientError, ClientSettings};
+use super::http1;
+use super::response_body::ResponseBody;
+use crate::admission::{Permit, Pool, Rejected};
+use crate::config::{OversizedBody, UpstreamConfig};
+use crate::error::{BoxError, ProxyError, RequestBodyError};
+use crate::http::{BufferPool, Downstream, Frames, RequestBody, Reservation, strip_hop_by_hop};
+use crate::sync::LentTimer;
+
+/// Called after a request is admitted and before it is forwarded. Tests use it to inject faults
+/// (a panic) at the point where a slot is held; production runs have none.
+pub type RequestHook = Arc<dyn Fn(&http::request::Parts) + Send + Sync>;
+
+/// A backend and everything weir keeps per backend. A configuration reload builds a new `Upstream`
+/// that shares the old one's pool (resized in place, counters kept) and, when its connection
+/// settings did not change, its client with the pooled backend connections.
+pub struct Upstream {
+    pub name: String,
+    pool: Arc<Pool>,
+    /// The backend's address and protocol live in the client's settings.
+    pub(super) client: Client,
+    request_timeout: Duration,
+    /// `Retry-After` value for this upstream's 503s, rendered once.
+    retry_after: HeaderValue,
+    request_buffer: u64,
+    oversized_body: OversizedBody,
+    response_buffer: u64,
+}
+
+impl Upstream {
+    pub fn new(cfg: &UpstreamConfig) -> Upstream {
+        let pool = Arc::new(Pool::new(
+            cfg.max_concurrency,
+            cfg.max_queue,
+            cfg.queue_timeout,
+        ));
+        Self::with(cfg, pool, Client::new(client_settings(cfg)))
+    }
+
+    /// The upstream `cfg` describes, taking over `self`'s pool (resized to the new limits, with
+    /// its requests, queue and counters) and, if the connection settings are unchanged, its
+    /// client and idle backend connections. Requests already admitted keep the old settings.
+    pub fn reconfigured(&self, cfg: &UpstreamConfig) -> Upstream {
+        self.pool
+            .resize(cfg.max_concurrency, cfg.max_queue, cfg.queue_timeout);
+        let settings = client_settings(cfg);
+        let client = if &settings == self.client.settings() {
+            self.client.clone()
+        } else {
+            Client::new(settings)
+        };
+        Self::with(cfg, Arc::clone(&self.pool), client)
+    }
+
+    fn with(cfg: &UpstreamConfig, pool: Arc<Pool>, client: Client) -> Upstream {
+        Upstream {
+            name: cfg.name.clone(),
+            pool,
+            client,
+            request_timeout: cfg.request_timeout,
+            retry_after: HeaderValue::from(cfg.retry_after_secs),
+            request_buffer: cfg.request_buffer,
+            response_buffer: cfg.response_buffer,
+            oversized_body: cfg.oversized_body,
+        }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    pub fn request_buffer(&self) -> u64 {
+        self.request_buffer
+    }
+
+    pub fn oversized_body(&self) -> OversizedBody {
+        self.oversized_body
+    }
+
+    /// Open idle keep-alive connections to the backend (HTTP/1.1).
+    pub fn idle_connections(&self) -> usize {
+        self.client.idle_connections()
+    }
+
+    pub fn retry_after(&self) -> &HeaderValue {
+        &self.retry_after
+    }
+
+    /// Admits `req` through the pool and forwards it. The returned response's body holds the slot
+    /// until the backend has sent its last byte; every error is returned for the caller to answer.
+    pub async fn forward(
+        &self,
+        mut parts: http::request::Parts,
+        body: RequestBody,
+        downstream: &Downstream,
+        hook: Option<&RequestHook>,
+        buffers: &BufferPool,
+        queue_wait: &mut Option<Duration>,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let permit = self.pool.admit().await.map_err(|r| match r {
+            Rejected::QueueFull => ProxyError::QueueFull,
+            Rejected::QueueTimeout => ProxyError::QueueTimeout,
+        })?;
+        *queue_wait = Some(permit.queue_wait());
+        if let Some(hook) = hook {
+            hook(&parts);
+        }
+        let deadline = Instant::now() + self.request_timeout;
+        let mut timer = downstream.timer.lend(deadline);
+        let forwarded = self.rewrite(&mut parts, downstream)?;
+        // Pinned here: the limit holds a pointer to it, not a second copy of its state.
+        let send = std::pin::pin!(self.client.send(&mut parts, body, forwarded.fields()));
+        let response = timer
+            .limit(send)
+            .await
+            .ok_or(ProxyError::UpstreamTimeout)?
+            .map_err(classify)?;
+        let (mut parts, body) = response.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let body = if bufferable(&parts, &body, self.response_buffer) {
+            self.buffer_response(body, permit, deadline, &mut timer, buffers)
+                .await?
+        } else {
+            ResponseBody::upstream(body, permit, deadline)
+        };
+        Ok(Response::from_parts(parts, body))
+    }
+
+    /// Reads the backend's response as fast as it sends it, up to `response_buffer` bytes. A
+    /// response that ends within that is returned whole and its slot freed at once (the backend
+    /// connection goes back to the pool), however slowly the client then reads it; a larger one,
+    /// or one that does not fit the buffer budget, streams on after what was read, keeping its
+    /// slot. Nothing has reached the client yet, so a deadline or backend failure here can still
+    /// be answered 504 / 502.
+    async fn buffer_response(
+        &self,
+        mut body: BackendBody,
+        permit: Permit<'_>,
+        deadline: Instant,
+        timer: &mut LentTimer<'_>,
+        buffers: &BufferPool,
+    ) -> Result<ResponseBody, ProxyError> {
+        let mut frames = Frames::default();
+        let mut reservation = Reservation::default();
+        let mut size = 0u64;
+        loop {
+            let frame = if body.is_end_stream() {
+                None
+            } else {
+                let frame = std::future::poll_fn(|cx| body.poll_frame_from(cx, &self.client));
+                match timer.limit(frame).await {
+                    None => return Err(ProxyError::UpstreamTimeout),
+                    Some(frame) => frame,
+                }
+            };
+            let frame = match frame {
+                None => {
+                    // Complete: the connection went back to the pool as the body read its end,
+                    // before the slot is freed, so the request the slot admits next finds it.
+                    drop(permit);
+                    return Ok(ResponseBody::buffered(frames, reservation));
+                }
+                Some(Err(e)) => return Err(ProxyError::UpstreamReset(e)),
+                Some(Ok(frame)) => frame,
+            };
+            let len = frame.data_ref().map_or(0, |d| d.len());
+            size += len as u64;
+            // When the budget is full, the frame already read is still sent, unreserved: the
+            // overshoot is at most one frame per response, and the rest streams without buffering.
+            let fits = buffers.grow(&mut reservation, len).is_ok();
+            frames.push_back(frame);
+            if size > self.response_buffer || !fits {
+                return Ok(ResponseBody::upstream_after(
+                    frames,
+                    reservation,
+                    body,
+                    permit,
+                    deadline,
+                ));
+            }
+        }
+    }
+}
+
+/// Whether a response may be held back until it is complete: buffering is on, the response is
+/// not an event stream or gRPC (delivered as they come), and it does not announce more than the
+/// buffer holds (it would only take budget before streaming anyway). A response of unknown length
+/// is tried, and streams on once it outgrows the buffer.
+fn bufferable(parts: &http::response::Parts, body: &BackendBody, response_buffer: u64) -> bool {
+    if response_buffer == 0 {
+        return false;
+    }
+    // The announced length, as the body's framing took it from Content-Length.
+    if body
+        .size_hint()
+        .exact()
+        .is_some_and(|n| n > response_buffer)
+    {
+        return false;
+    }
+    // One pass over a response's few fields costs less than a hashed look-up.
+    !parts.headers.iter().any(|(name, ct)| {
+        let ct = ct.as_bytes();
+        name == header::CONTENT_TYPE
+            && (ct.starts_with(b"text/event-stream") || ct.starts_with(b"application/grpc"))
+    })
+}
+
+/// The settings of the pooled client `cfg` describes.
+fn client_settings(cfg: &UpstreamConfig) -> ClientSettings {
+    ClientSettings {
+        addr: cfg.addr.clone(),
+        protocol: cfg.protocol,
+        connect_timeout: cfg.connect_timeout,
+        idle_timeout: cfg.pool_idle_timeout,
+        max_idle: cfg.pool_max_idle,
+    }
+}
+
+/// Sorts a client error into the kind it is counted and answered as.
+fn classify(err: ClientError) -> ProxyError {
+    if err.is_connect() {
+        return ProxyError::UpstreamConnect(Box::new(err));
+    }
+    // The client's side of the exchange (its request body) is checked first: a stalled or
+    // oversized upload is the client's doing, not the backend's.
+    let mut protocol = false;
+    let mut source = std::error::Error::source(&err);
+    while let Some(e) = source {
+        if let Some(body) = e.downcast_ref::<RequestBodyError>() {
+            return ProxyError::for_body(body)
+                .unwrap_or_else(|| ProxyError::ClientBody(Box::new(err)));
+        }
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            protocol |= h.is_parse() || h.is_parse_status();
+        }
+        if let Some(h) = e.downcast_ref::<http1::Error>() {
+            protocol |= h.is_protocol();
+        }
+        source = e.source();
+    }
+    let err: BoxError = Box::new(err);
+    if protocol {
+        ProxyError::UpstreamProtocol(err)
+    } else {
+        ProxyError::UpstreamReset(err)
+    }
+}
