@@ -9,7 +9,8 @@ use http_body::{Frame, SizeHint};
 /// Body frames read ahead of sending, in order. Most bodies read ahead are one piece of data
 /// (a small answer, or the start of an upload): it is held inline, and only a second frame, or
 /// trailers, takes an allocation. A `VecDeque` alone costs an allocation and a free per response.
-/// (64 bytes: a whole answer leaves it as [`ResponseBody::Full`] or [`ResponseBody::Buffered`].)
+/// A whole answer leaves it as `ResponseBody::Full` or `ResponseBody::Buffered`, so responses do
+/// not carry it.
 #[derive(Debug, Default)]
 pub struct Frames {
     /// The first piece of data, when it came first; empty when there is none.

@@ -11,7 +11,7 @@ use super::downstream::Downstream;
 /// Header fields a request is sent with on top of its own, each replacing every field of that
 /// name the request carries (weir's `X-Forwarded-*`). Written straight into the request head on
 /// HTTP/1.1, where inserting them into the request's `HeaderMap` first would cost a hash and a
-/// probe each, and often the map's growth: a sixth of weir's user-space instructions per request.
+/// probe each, and often the map's growth.
 /// Values are borrowed: weir's own (the client's address, its scheme) live as long as the
 /// connection, and a copy of each per request would take and drop a shared reference.
 #[derive(Debug, Clone, Copy)]

@@ -15,7 +15,6 @@ use super::peer::Hangup;
 use crate::http::Downstream;
 use crate::proxy::Proxy;
 
-
 /// How long an HTTP/1 connection is idle before it parks: far longer than the gap between a
 /// busy client's requests, short enough that idle connections park while many are opening.
 pub const PARK_AFTER: Duration = Duration::from_millis(100);

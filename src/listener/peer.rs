@@ -5,8 +5,8 @@
 //! notice that itself: with half-closes refused (its default) it reads the socket while a request
 //! is in progress, and an end of stream fails the connection, which drops the request. That read
 //! costs a full trip through hyper's read path for every request, and it makes hyper allocate a
-//! new read buffer for every request: the request's head still shares the old one. Measured on
-//! scenario A, it was about 7% of weir's user-space instructions and 6% of its cycles.
+//! new read buffer for every request: the request's head still shares the old one (its cost is
+//! in BENCHMARKS.md, "Design measurements").
 //!
 //! So on plain TCP, hyper allows half-closes and never reads while a request is in progress, and
 //! the request watches instead ([`Hangup`]): when it has nothing else to do it asks the socket

@@ -105,12 +105,10 @@ pub(super) fn service(
 
 /// A request's future, on the connection's server, whatever its transport.
 ///
-/// Boxed per request: hyper keeps the slot for a connection's request future for the
+/// Boxed per request: hyper keeps the room for a connection's request future for the
 /// connection's whole life, so an idle keep-alive connection would hold kilobytes. The box is
 /// allocated before the future is made, so that the future can be made in it; whether it is, or
-/// is made on the stack and copied (about 3 KB), is the optimiser's choice. (Checked in a
-/// debugger: this version copies; the version before the hang-up watch did not. The copy costs
-/// about 1% of a request's user-space cycles.)
+/// is made on the stack and copied, is the optimiser's choice.
 fn respond(
     req: Request<Incoming>,
     request: InProgress,

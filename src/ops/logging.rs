@@ -8,8 +8,7 @@
 //!
 //! Why not a writer thread: a process with a second thread makes glibc take its multi-threaded
 //! path for every socket read and write (two atomic operations each, to support thread
-//! cancellation). On a one-core process that is every `recv` and `send` of every request, about
-//! 6% of weir's cycles, for a thread that writes a log line a minute.
+//! cancellation); on one core weir keeps to one thread (BENCHMARKS.md, "Design measurements").
 
 use std::io::{self, Write};
 use std::os::fd::AsFd;
