@@ -144,8 +144,8 @@ pub struct UpstreamConfig {
     /// `host:port` of the backend; hostnames are resolved when connecting.
     pub addr: Authority,
     pub protocol: Protocol,
-    /// Requests forwarded to this backend at once: the size of the worker pool.
-    pub max_concurrency: usize,
+    /// Requests forwarded to this backend at once: a fixed number, or found by weir (`"auto"`).
+    pub limit: Limit,
     /// Requests allowed to wait for a slot; the one after is answered 503 at once.
     pub max_queue: usize,
     /// Longest wait for a slot before the request is answered 503.
@@ -168,6 +168,53 @@ pub struct UpstreamConfig {
     /// Responses up to this size are read whole from the backend, as fast as it sends them, so
     /// its slot is freed while a slow client is still being served; 0 streams every response.
     pub response_buffer: u64,
+}
+
+/// How many requests an upstream takes on at once (`max_concurrency`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limit {
+    /// A fixed number of slots.
+    Fixed(usize),
+    /// Found and followed by the adaptive controller (`max_concurrency = "auto"`).
+    Auto(AutoLimit),
+}
+
+/// The bounds of an adaptive limit: it starts at `initial` and moves between `min` and `max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AutoLimit {
+    /// `min_concurrency`: the floor, so that a backend that errs or stalls still gets probes.
+    pub min: usize,
+    /// `initial_concurrency`: where the limit starts.
+    pub initial: usize,
+    /// `max_concurrency_limit`: the ceiling.
+    pub max: usize,
+}
+
+impl Limit {
+    /// The limit a new pool starts with.
+    pub fn initial(&self) -> usize {
+        match *self {
+            Limit::Fixed(n) => n,
+            Limit::Auto(a) => a.initial,
+        }
+    }
+
+    /// The most the limit can be.
+    pub fn ceiling(&self) -> usize {
+        match *self {
+            Limit::Fixed(n) => n,
+            Limit::Auto(a) => a.max,
+        }
+    }
+}
+
+impl fmt::Display for Limit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Limit::Fixed(n) => write!(f, "{n}"),
+            Limit::Auto(a) => write!(f, "auto ({}..{}, from {})", a.min, a.max, a.initial),
+        }
+    }
 }
 
 /// What weir does with a request body larger than `request_buffer`.
@@ -303,6 +350,9 @@ pub mod defaults {
     pub const ADMIN_ADDR: &str = "127.0.0.1:9901";
     pub const LOG_LEVEL: &str = "info";
     pub const MAX_CONCURRENCY: usize = 64;
+    pub const MIN_CONCURRENCY: usize = 2;
+    pub const INITIAL_CONCURRENCY: usize = 16;
+    pub const MAX_CONCURRENCY_LIMIT: usize = 1000;
     pub const MAX_QUEUE: usize = 128;
     pub const QUEUE_TIMEOUT: Duration = Duration::from_secs(1);
     pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);

@@ -98,7 +98,12 @@ impl Server {
                     edges.iter().map(Edge::info).collect(),
                     Arc::clone(&reloads),
                 );
-                Some(Admin::new(listener, registry, Arc::clone(&health)))
+                Some(Admin::new(
+                    listener,
+                    registry,
+                    Arc::clone(&health),
+                    Arc::clone(&proxy),
+                ))
             }
             None => None,
         };
@@ -377,7 +382,7 @@ fn describe_upstreams(config: &Config) -> String {
                 u.name,
                 u.addr,
                 u.protocol,
-                u.max_concurrency,
+                u.limit,
                 u.max_queue,
                 u.queue_timeout,
                 u.request_timeout

@@ -14,6 +14,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::slots::Slots;
+use super::state::Adaptive;
+use crate::config::Limit;
 use crate::sync::Stripes;
 use crate::telemetry::UpstreamCounters;
 
@@ -49,6 +51,8 @@ pub struct Pool {
     /// The upstream's rejection and error counters. They live beside the slots so that a permit
     /// held by a streaming body can count a late deadline without a second shared reference.
     counters: UpstreamCounters,
+    /// The adaptive limit's samples and state (idle while the limit is fixed).
+    adaptive: Adaptive,
 }
 
 /// A slot in the pool, released when dropped.
@@ -79,6 +83,38 @@ impl Pool {
             queued: AtomicUsize::new(0),
             in_flight: Stripes::default(),
             counters: UpstreamCounters::default(),
+            adaptive: Adaptive::default(),
+        }
+    }
+
+    /// A pool for `limit` (adaptive or fixed); see [`Pool::configure`].
+    pub fn with_limit(
+        limit: Limit,
+        max_queue: usize,
+        queue_timeout: Duration,
+        name: &str,
+    ) -> Arc<Pool> {
+        let pool = Arc::new(Pool::new(limit.initial(), max_queue, queue_timeout));
+        pool.configure(limit, max_queue, queue_timeout, name);
+        pool
+    }
+
+    /// Applies new limits (a configuration reload), as [`Pool::resize`] does. An adaptive limit
+    /// (`"auto"`) starts its controller on the current tokio runtime, from `initial`; a fixed one
+    /// stops it. `name` names the upstream in the controller's log lines.
+    pub fn configure(
+        self: &Arc<Self>,
+        limit: Limit,
+        max_queue: usize,
+        queue_timeout: Duration,
+        name: &str,
+    ) {
+        self.max_queue.store(max_queue, Ordering::Relaxed);
+        self.queue_timeout_nanos
+            .store(nanos(queue_timeout), Ordering::Relaxed);
+        match limit {
+            Limit::Fixed(n) => self.fix_limit(n),
+            Limit::Auto(bounds) => self.auto_limit(bounds, name),
         }
     }
 
@@ -95,6 +131,7 @@ impl Pool {
 
     /// Waits in the queue for a slot, up to `queue_timeout`.
     async fn wait(self: &Arc<Self>) -> Result<Permit<'_>, Rejected> {
+        self.adaptive.samples.limited();
         let _place = self.enter_queue()?;
         let start = Instant::now();
         let timeout = Duration::from_nanos(self.queue_timeout_nanos.load(Ordering::Relaxed));
@@ -112,6 +149,12 @@ impl Pool {
         self.max_queue.store(max_queue, Ordering::Relaxed);
         self.queue_timeout_nanos
             .store(nanos(queue_timeout), Ordering::Relaxed);
+        self.fix_limit(max_concurrency);
+    }
+
+    /// Moves the limit to `max_concurrency`: raised, it frees slots at once; lowered, it retires
+    /// free slots now and busy ones as their requests finish.
+    pub(super) fn set_max_concurrency(&self, max_concurrency: usize) {
         let old = self.max_concurrency.swap(max_concurrency, Ordering::AcqRel);
         if max_concurrency > old {
             let grow = max_concurrency - old;
@@ -185,6 +228,11 @@ impl Pool {
 
     pub fn max_queue(&self) -> usize {
         self.max_queue.load(Ordering::Relaxed)
+    }
+
+    /// The adaptive limit's samples and state.
+    pub fn adaptive(&self) -> &Adaptive {
+        &self.adaptive
     }
 }
 

@@ -127,7 +127,11 @@ pub(super) struct RawUpstream {
     pub(super) name: String,
     pub(super) addr: String,
     pub(super) protocol: Option<Protocol>,
-    pub(super) max_concurrency: Option<i64>,
+    /// An integer, or "auto".
+    pub(super) max_concurrency: Option<toml::Value>,
+    pub(super) min_concurrency: Option<i64>,
+    pub(super) initial_concurrency: Option<i64>,
+    pub(super) max_concurrency_limit: Option<i64>,
     pub(super) max_queue: Option<i64>,
     pub(super) queue_timeout: Option<String>,
     pub(super) request_timeout: Option<String>,

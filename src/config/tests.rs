@@ -31,7 +31,7 @@ fn minimal_config_gets_defaults() {
     let c = Config::from_toml_str(MINIMAL).unwrap();
     assert_eq!(c.drain_timeout, defaults::DRAIN_TIMEOUT);
     let u = &c.upstreams[0];
-    assert_eq!(u.max_concurrency, defaults::MAX_CONCURRENCY);
+    assert_eq!(u.limit, Limit::Fixed(defaults::MAX_CONCURRENCY));
     assert_eq!(u.max_queue, defaults::MAX_QUEUE);
     assert_eq!(u.queue_timeout, defaults::QUEUE_TIMEOUT);
     assert_eq!(u.protocol, Protocol::Http1);
@@ -246,4 +246,60 @@ fn example_config_is_valid() {
     let text = include_str!("../../config.example.toml");
     let c = Config::from_toml_str(text).unwrap_or_else(|e| panic!("{e}"));
     assert!(!c.listeners.is_empty());
+}
+
+#[test]
+fn an_adaptive_limit_and_its_bounds() {
+    let up = |keys: &str| format!("{MINIMAL}{keys}\n");
+    let c = Config::from_toml_str(&up("max_concurrency = \"auto\"")).unwrap();
+    assert_eq!(
+        c.upstreams[0].limit,
+        Limit::Auto(AutoLimit {
+            min: defaults::MIN_CONCURRENCY,
+            initial: defaults::INITIAL_CONCURRENCY,
+            max: defaults::MAX_CONCURRENCY_LIMIT,
+        })
+    );
+    let c = Config::from_toml_str(&up(
+        "max_concurrency = \"auto\"\nmin_concurrency = 4\ninitial_concurrency = 8\nmax_concurrency_limit = 50",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.upstreams[0].limit,
+        Limit::Auto(AutoLimit {
+            min: 4,
+            initial: 8,
+            max: 50
+        })
+    );
+    // A small ceiling pulls the default start and floor under it.
+    let c = Config::from_toml_str(&up("max_concurrency = \"auto\"\nmax_concurrency_limit = 1"))
+        .unwrap();
+    assert_eq!(c.upstreams[0].limit.initial(), 1);
+
+    let cases = [
+        ("max_concurrency = \"lots\"", "max_concurrency", "write an integer, or \"auto\""),
+        ("max_concurrency = 1.5", "max_concurrency", "is not a limit"),
+        (
+            "max_concurrency = \"auto\"\nmin_concurrency = 10\nmax_concurrency_limit = 5",
+            "min_concurrency",
+            "above max_concurrency_limit",
+        ),
+        (
+            "max_concurrency = \"auto\"\ninitial_concurrency = 2000",
+            "initial_concurrency",
+            "outside min_concurrency..max_concurrency_limit",
+        ),
+        (
+            "max_concurrency = 8\nmin_concurrency = 2",
+            "min_concurrency",
+            "only applies with max_concurrency = \"auto\"",
+        ),
+        ("initial_concurrency = 2", "initial_concurrency", "only applies"),
+    ];
+    for (keys, key, needle) in cases {
+        let p = problems(&up(keys));
+        let path = format!("upstream[0].{key}");
+        assert!(has(&p, &path, needle), "{keys}: {p:#?}");
+    }
 }

@@ -329,15 +329,9 @@ impl Validator {
 
     fn upstream(&mut self, i: usize, raw: RawUpstream) -> UpstreamConfig {
         let at = |key: &str| format!("upstream[{i}].{key}");
+        let limit = self.limit(&at, &raw);
         let name = self.name(at("name"), raw.name);
         let addr = self.authority(at("addr"), &raw.addr);
-        let max_concurrency = self.count(
-            at("max_concurrency"),
-            raw.max_concurrency,
-            defaults::MAX_CONCURRENCY,
-            1,
-            MAX_CONCURRENCY,
-        );
         let max_queue = self.count(
             at("max_queue"),
             raw.max_queue,
@@ -372,7 +366,7 @@ impl Validator {
         let pool_max_idle = self.count(
             at("pool_max_idle"),
             raw.pool_max_idle,
-            max_concurrency,
+            limit.ceiling(),
             0,
             MAX_CONCURRENCY,
         );
@@ -395,7 +389,7 @@ impl Validator {
             name,
             addr,
             protocol: raw.protocol.unwrap_or(Protocol::Http1),
-            max_concurrency,
+            limit,
             max_queue,
             queue_timeout,
             request_timeout,
@@ -404,6 +398,87 @@ impl Validator {
             pool_max_idle,
             // Retry-After is in whole seconds; round up so "500ms" does not become "0".
             retry_after_secs: retry_after.as_millis().div_ceil(1000) as u64,
+        }
+    }
+
+    /// `max_concurrency` (an integer, or "auto" with its bounds).
+    fn limit(&mut self, at: &impl Fn(&str) -> String, raw: &RawUpstream) -> Limit {
+        let fixed = Limit::Fixed(defaults::MAX_CONCURRENCY);
+        let auto = match &raw.max_concurrency {
+            None => false,
+            Some(toml::Value::Integer(n)) => {
+                let n = self.count(
+                    at("max_concurrency"),
+                    Some(*n),
+                    defaults::MAX_CONCURRENCY,
+                    1,
+                    MAX_CONCURRENCY,
+                );
+                self.only_with_auto(at, raw);
+                return Limit::Fixed(n);
+            }
+            Some(toml::Value::String(s)) if s == "auto" => true,
+            Some(other) => {
+                self.problem(
+                    at("max_concurrency"),
+                    format!(
+                        "{other} is not a limit: write an integer, or \"auto\" for weir to find it"
+                    ),
+                );
+                false
+            }
+        };
+        if !auto {
+            self.only_with_auto(at, raw);
+            return fixed;
+        }
+        let max = self.count(
+            at("max_concurrency_limit"),
+            raw.max_concurrency_limit,
+            defaults::MAX_CONCURRENCY_LIMIT,
+            1,
+            MAX_CONCURRENCY,
+        );
+        let min = self.count(
+            at("min_concurrency"),
+            raw.min_concurrency,
+            defaults::MIN_CONCURRENCY.min(max),
+            1,
+            MAX_CONCURRENCY,
+        );
+        let initial = self.count(
+            at("initial_concurrency"),
+            raw.initial_concurrency,
+            defaults::INITIAL_CONCURRENCY.clamp(min.min(max), max),
+            1,
+            MAX_CONCURRENCY,
+        );
+        if min > max {
+            self.problem(
+                at("min_concurrency"),
+                format!("{min} is above max_concurrency_limit ({max})"),
+            );
+        } else if initial < min || initial > max {
+            self.problem(
+                at("initial_concurrency"),
+                format!(
+                    "{initial} is outside min_concurrency..max_concurrency_limit ({min}..{max})"
+                ),
+            );
+        }
+        Limit::Auto(AutoLimit { min, initial, max })
+    }
+
+    /// The adaptive limit's keys given with a fixed one: each is a mistake worth naming.
+    fn only_with_auto(&mut self, at: &impl Fn(&str) -> String, raw: &RawUpstream) {
+        for (key, given) in [
+            ("min_concurrency", raw.min_concurrency.is_some()),
+            ("initial_concurrency", raw.initial_concurrency.is_some()),
+            ("max_concurrency_limit", raw.max_concurrency_limit.is_some()),
+        ] {
+            if given {
+                self.problem(at(key), "only applies with max_concurrency = \"auto\"");
+            }
         }
     }
 

@@ -1,6 +1,8 @@
 //! The admin listener, apart from traffic: `/metrics` (Prometheus text), `/healthz` (the process
-//! runs) and `/readyz` (every listener is bound and shutdown has not begun). It stays up through
-//! the drain, so the drain can be watched, and stops with the process.
+//! runs), `/readyz` (every listener is bound and shutdown has not begun), `/status` (JSON per
+//! upstream) and `/`, a page that draws `/status` over the last minutes with no external script
+//! or font, so it works offline inside a pod. It stays up through the drain, so the drain can be
+//! watched, and stops with the process.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -20,7 +22,11 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::metrics;
+use super::{metrics, status};
+use crate::proxy::Proxy;
+
+/// The status page: it polls `/status` and draws it (inline SVG).
+const PAGE: &str = include_str!("page.html");
 
 /// Connections the admin listener serves at once: scrapers and probes, not traffic.
 const MAX_CONNECTIONS: usize = 64;
@@ -47,16 +53,30 @@ impl Health {
 /// The bound admin listener.
 pub struct Admin {
     listener: TcpListener,
+    state: Arc<State>,
+}
+
+/// What the admin listener answers from.
+struct State {
     registry: Registry,
     health: Arc<Health>,
+    proxy: Arc<Proxy>,
 }
 
 impl Admin {
-    pub fn new(listener: TcpListener, registry: Registry, health: Arc<Health>) -> Admin {
+    pub fn new(
+        listener: TcpListener,
+        registry: Registry,
+        health: Arc<Health>,
+        proxy: Arc<Proxy>,
+    ) -> Admin {
         Admin {
             listener,
-            registry,
-            health,
+            state: Arc::new(State {
+                registry,
+                health,
+                proxy,
+            }),
         }
     }
 
@@ -66,7 +86,7 @@ impl Admin {
 
     /// Serves until `stop` is cancelled; open admin connections end with it.
     pub async fn serve(self, stop: CancellationToken) {
-        let state = Arc::new((self.registry, self.health));
+        let state = self.state;
         let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
             let (stream, _) = tokio::select! {
@@ -90,7 +110,7 @@ impl Admin {
                 let _permit = permit;
                 let service = service_fn(move |req| {
                     let state = Arc::clone(&state);
-                    async move { Ok::<_, Infallible>(answer(&req, &state.0, &state.1)) }
+                    async move { Ok::<_, Infallible>(answer(&req, &state)) }
                 });
                 let conn = http1::Builder::new()
                     .timer(TokioTimer::new())
@@ -106,7 +126,8 @@ impl Admin {
     }
 }
 
-fn answer(req: &Request<Incoming>, registry: &Registry, health: &Health) -> Response<Full<Bytes>> {
+fn answer(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
+    let (registry, health) = (&state.registry, &state.health);
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
     }
@@ -122,9 +143,23 @@ fn answer(req: &Request<Incoming>, registry: &Registry, health: &Health) -> Resp
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if health.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-        "/" => text(StatusCode::OK, "weir admin: /metrics /healthz /readyz\n"),
+        "/status" => typed(status::render(&state.proxy), "application/json"),
+        "/" => typed(PAGE.as_bytes().to_vec(), "text/html; charset=utf-8"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     }
+}
+
+fn typed(body: Vec<u8>, content_type: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
+    r.headers_mut().insert(
+        header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    r
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {

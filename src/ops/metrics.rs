@@ -105,9 +105,27 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
     ),
     (
         "weir_concurrency_limit",
-        "Configured max_concurrency: slots per upstream.",
+        "The concurrency limit in force per upstream: max_concurrency, or the adaptive limit's value.",
         MetricType::GAUGE,
         &["upstream"],
+    ),
+    (
+        "weir_latency_baseline_seconds",
+        "Adaptive limit: the backend's latency without a queue, that the sample is compared with.",
+        MetricType::GAUGE,
+        &["upstream"],
+    ),
+    (
+        "weir_latency_sample_seconds",
+        "Adaptive limit: the mean time to the response head in the controller's latest window.",
+        MetricType::GAUGE,
+        &["upstream"],
+    ),
+    (
+        "weir_concurrency_limit_changes_total",
+        "Adaptive limit: changes of the limit, by direction.",
+        MetricType::COUNTER,
+        &["upstream", "direction"],
     ),
     (
         "weir_queue_limit",
@@ -311,6 +329,19 @@ impl Collector for WeirCollector {
             let limit = pool.max_concurrency() as f64;
             f.push("weir_concurrency_limit", &[u], Gauge(limit));
             f.push("weir_queue_limit", &[u], Gauge(pool.max_queue() as f64));
+            if let Some(view) = pool.adaptive().view() {
+                let secs =
+                    |d: Option<std::time::Duration>| Gauge(d.map_or(0.0, |d| d.as_secs_f64()));
+                f.push("weir_latency_baseline_seconds", &[u], secs(view.baseline));
+                f.push("weir_latency_sample_seconds", &[u], secs(view.sample));
+                let moves = [("up", view.raised), ("down", view.lowered)];
+                f.counters(
+                    "weir_concurrency_limit_changes_total",
+                    u,
+                    "direction",
+                    moves,
+                );
+            }
             let classes = STATUS_CLASSES.iter().enumerate();
             f.counters(
                 "weir_requests_total",

@@ -6,3 +6,4 @@ pub(crate) mod admin;
 pub mod logging;
 pub(crate) mod metrics;
 pub mod signals;
+mod status;

@@ -14,7 +14,7 @@ use super::client::{BackendBody, Client, ClientError, ClientSettings};
 use super::http1;
 use super::response_body::ResponseBody;
 use crate::admission::{Permit, Pool, Rejected};
-use crate::config::{OversizedBody, UpstreamConfig};
+use crate::config::{Limit, OversizedBody, UpstreamConfig};
 use crate::error::{BoxError, ProxyError, RequestBodyError};
 use crate::http::{BufferPool, Downstream, Frames, RequestBody, Reservation, strip_hop_by_hop};
 use crate::sync::LentTimer;
@@ -37,15 +37,13 @@ pub struct Upstream {
     request_buffer: u64,
     oversized_body: OversizedBody,
     response_buffer: u64,
+    /// The limit is adaptive: each exchange's latency or failure is recorded for its controller.
+    adaptive: bool,
 }
 
 impl Upstream {
     pub fn new(cfg: &UpstreamConfig) -> Upstream {
-        let pool = Arc::new(Pool::new(
-            cfg.max_concurrency,
-            cfg.max_queue,
-            cfg.queue_timeout,
-        ));
+        let pool = Pool::with_limit(cfg.limit, cfg.max_queue, cfg.queue_timeout, &cfg.name);
         Self::with(cfg, pool, Client::new(client_settings(cfg)))
     }
 
@@ -54,7 +52,7 @@ impl Upstream {
     /// client and idle backend connections. Requests already admitted keep the old settings.
     pub fn reconfigured(&self, cfg: &UpstreamConfig) -> Upstream {
         self.pool
-            .resize(cfg.max_concurrency, cfg.max_queue, cfg.queue_timeout);
+            .configure(cfg.limit, cfg.max_queue, cfg.queue_timeout, &cfg.name);
         let settings = client_settings(cfg);
         let client = if &settings == self.client.settings() {
             self.client.clone()
@@ -74,6 +72,7 @@ impl Upstream {
             request_buffer: cfg.request_buffer,
             response_buffer: cfg.response_buffer,
             oversized_body: cfg.oversized_body,
+            adaptive: matches!(cfg.limit, Limit::Auto(_)),
         }
     }
 
@@ -117,16 +116,20 @@ impl Upstream {
         if let Some(hook) = hook {
             hook(&parts);
         }
-        let deadline = Instant::now() + self.request_timeout;
+        let sent = Instant::now();
+        let deadline = sent + self.request_timeout;
         let mut timer = downstream.timer.lend(deadline);
         let forwarded = self.rewrite(&mut parts, downstream)?;
         // Pinned here: the limit holds a pointer to it, not a second copy of its state.
         let send = std::pin::pin!(self.client.send(&mut parts, body, forwarded.fields()));
-        let response = timer
-            .limit(send)
-            .await
-            .ok_or(ProxyError::UpstreamTimeout)?
-            .map_err(classify)?;
+        let response = match timer.limit(send).await {
+            None => Err(ProxyError::UpstreamTimeout),
+            Some(sent) => sent.map_err(classify),
+        };
+        if self.adaptive {
+            self.sample(sent, &response);
+        }
+        let response = response?;
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let body = if bufferable(&parts, &body, self.response_buffer) {
@@ -136,6 +139,18 @@ impl Upstream {
             ResponseBody::upstream(body, permit, deadline)
         };
         Ok(Response::from_parts(parts, body))
+    }
+
+    /// Records how the exchange went for the adaptive limit: the time to the response head, or a
+    /// failure (a 5xx, or an error of the backend's or of the deadline's; not the client's).
+    fn sample(&self, sent: Instant, outcome: &Result<Response<BackendBody>, ProxyError>) {
+        let samples = self.pool.adaptive().samples();
+        match outcome {
+            Ok(r) if r.status().is_server_error() => samples.failed(),
+            Ok(_) => samples.answered(sent.elapsed()),
+            Err(e) if e.upstream_error_kind().is_some() => samples.failed(),
+            Err(_) => {}
+        }
     }
 
     /// Reads the backend's response as fast as it sends it, up to `response_buffer` bytes. A
