@@ -1,7 +1,8 @@
-//! `weir demo`: a built-in backend of fixed capacity, weir in front of it with a small pool, and a
-//! load driver that ramps from half to five times the backend's capacity, all in one process on
-//! loopback. It prints a line a second so a newcomer sees the pool hold the backend at capacity
-//! while the excess is shed, then a summary.
+//! `weir demo`: a built-in backend whose capacity halves midway and then comes back, weir in
+//! front of it with an adaptive limit (`max_concurrency = "auto"`), and a load driver offering
+//! twice the backend's full capacity, all in one process on loopback. It prints a line a second,
+//! so a newcomer watches weir find the backend's capacity and follow it down and back up, with
+//! the excess shed at once, then a summary.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -26,10 +27,13 @@ use tokio::time::Instant;
 use weir::config::{Config, ConfigError};
 use weir::{Options, REJECT_HEADER, Server, StartError};
 
-/// Requests the built-in backend serves at once, and how long each takes: 320 requests/s.
+/// Requests the built-in backend serves at once at full capacity, and how long each takes: 320
+/// requests/s. In the middle third of the demo it has half the workers.
 const BACKEND_CONCURRENCY: usize = 8;
 const SERVICE_TIME: Duration = Duration::from_millis(25);
-/// weir's pool in front of it: as many slots as the backend has workers, and a short queue.
+/// The load offered, as a multiple of the backend's full capacity.
+const OFFERED: f64 = 2.0;
+/// weir's queue in front of the backend: short, so the excess is shed at once.
 const MAX_QUEUE: usize = 16;
 const QUEUE_TIMEOUT: Duration = Duration::from_millis(100);
 /// Requests the driver keeps outstanding at most; beyond it a send is counted as not offered.
@@ -74,11 +78,43 @@ pub enum DemoError {
     Uri(#[source] http::uri::InvalidUri),
 }
 
-/// What the backend saw.
-#[derive(Default)]
+/// The built-in backend: `slots` workers, more requests waiting inside it, each waiting request
+/// slowing the ones in service by 2% (contention), as a real server's thread pool would.
 struct BackendStats {
+    workers: Semaphore,
+    slots: AtomicUsize,
+    /// Workers to retire as they finish (capacity lowered while they were busy).
+    retire: AtomicUsize,
+    waiting: AtomicUsize,
     current: AtomicUsize,
     peak: AtomicUsize,
+}
+
+impl BackendStats {
+    fn new(slots: usize) -> BackendStats {
+        BackendStats {
+            workers: Semaphore::new(slots),
+            slots: AtomicUsize::new(slots),
+            retire: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            current: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+        }
+    }
+
+    /// Changes the number of workers: more at once, fewer as busy ones finish.
+    fn set_slots(&self, n: usize) {
+        let old = self.slots.swap(n, Ordering::Relaxed);
+        if n > old {
+            let retiring = self.retire.swap(0, Ordering::Relaxed);
+            self.workers.add_permits((n - old).saturating_sub(retiring));
+            self.retire
+                .fetch_add(retiring.saturating_sub(n - old), Ordering::Relaxed);
+        } else {
+            let taken = self.workers.forget_permits(old - n);
+            self.retire.fetch_add(old - n - taken, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Outcomes of one second of load.
@@ -88,16 +124,22 @@ struct Second {
     served: u64,
     /// Deepest queue seen during the second.
     queued: usize,
+    /// The backend's workers, and weir's limit, at the end of the second.
+    slots: usize,
+    limit: usize,
     rejected: BTreeMap<String, u64>,
     errors: u64,
     latencies: Vec<Duration>,
+    /// Over the whole demo: weir's limit at the end of each second, by the backend's workers.
+    limits: BTreeMap<usize, Vec<usize>>,
 }
 
 /// Runs the demo for `duration` (or until Ctrl-C) and prints its table and summary on stdout.
 pub async fn run(duration: Duration, admin: SocketAddr) -> Result<(), DemoError> {
-    let backend_stats = Arc::new(BackendStats::default());
+    let backend_stats = Arc::new(BackendStats::new(BACKEND_CONCURRENCY));
     let backend = start_backend(Arc::clone(&backend_stats)).await?;
     let capacity = BACKEND_CONCURRENCY as f64 / SERVICE_TIME.as_secs_f64();
+    let offered = capacity * OFFERED;
 
     let server = match Server::bind(config(backend, admin)?, Options::default()).await {
         Ok(s) => s,
@@ -121,24 +163,30 @@ pub async fn run(duration: Duration, admin: SocketAddr) -> Result<(), DemoError>
 
     println!(
         "weir demo: a backend that serves {BACKEND_CONCURRENCY} requests at a time, {} ms each \
-         (capacity {capacity:.0} requests/s),",
-        SERVICE_TIME.as_millis()
+         (capacity {capacity:.0} requests/s), then half as many from {}s to {}s;",
+        SERVICE_TIME.as_millis(),
+        duration.as_secs() / 3,
+        2 * duration.as_secs() / 3
     );
     println!(
-        "behind weir with {BACKEND_CONCURRENCY} slots, a queue of {MAX_QUEUE} and queue_timeout {} ms; \
-         the load ramps from {:.0} to {:.0} requests/s over {}s.",
-        QUEUE_TIMEOUT.as_millis(),
-        capacity * 0.5,
-        capacity * 5.0,
+        "weir in front with max_concurrency = \"auto\" (it starts at 2 and finds the limit \
+         itself), a queue of {MAX_QUEUE} and queue_timeout {} ms;",
+        QUEUE_TIMEOUT.as_millis()
+    );
+    println!(
+        "{offered:.0} requests/s offered for {}s: twice the full capacity, four times the half.",
         duration.as_secs()
     );
     if let Some(a) = admin {
-        println!("metrics while it runs: http://{a}/metrics   (Ctrl-C stops the demo early)");
+        println!(
+            "watch it: http://{a}/ (a page), http://{a}/status, http://{a}/metrics   \
+             (Ctrl-C stops the demo early)"
+        );
     }
     println!();
     println!(
-        "{:>4} {:>9} {:>9} {:>7} {:>10} {:>10} {:>12}",
-        "sec", "offered/s", "served/s", "queued", "queue_full", "queue_tmo", "p99 served"
+        "{:>4} {:>8} {:>6} {:>9} {:>9} {:>7} {:>8} {:>12}",
+        "sec", "backend", "limit", "offered/s", "served/s", "queued", "shed/s", "p99 served"
     );
 
     let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
@@ -166,14 +214,25 @@ pub async fn run(duration: Duration, admin: SocketAddr) -> Result<(), DemoError>
         if t >= duration {
             break;
         }
+        // The backend loses half its workers for the middle third, and gets them back.
+        let third = t.as_secs_f64() * 3.0 / duration.as_secs_f64();
+        let slots = if (1.0..2.0).contains(&third) {
+            BACKEND_CONCURRENCY / 2
+        } else {
+            BACKEND_CONCURRENCY
+        };
+        if backend_stats.slots.load(Ordering::Relaxed) != slots {
+            backend_stats.set_slots(slots);
+        }
         let depth = upstream.as_ref().map_or(0, |u| u.pool().queue_depth());
+        let limit = upstream.as_ref().map_or(0, |u| u.pool().max_concurrency());
         record(&seconds, t.as_secs() as usize, |s| {
-            s.queued = s.queued.max(depth)
+            s.queued = s.queued.max(depth);
+            s.slots = slots;
+            s.limit = limit;
         });
-        // Requests due by now under a linear ramp from 0.5x to 5x capacity: the integral of the
-        // rate, so the offered load is exact whatever the tick jitter.
-        let (x, d) = (t.as_secs_f64(), duration.as_secs_f64());
-        let due = (capacity * (0.5 * x + 4.5 * x * x / (2.0 * d))) as u64;
+        // Requests due by now at the offered rate, so the load is exact whatever the tick jitter.
+        let due = (offered * t.as_secs_f64()) as u64;
         while sent < due {
             sent += 1;
             let sec = t.as_secs() as usize;
@@ -257,11 +316,24 @@ pub async fn run(duration: Duration, admin: SocketAddr) -> Result<(), DemoError>
             .join(" ")
     );
     println!(
-        "the backend never had more than {} requests at once (its capacity: {BACKEND_CONCURRENCY}); \
-         served latency p99 {}",
+        "the backend never had more than {} requests in service (its workers: {BACKEND_CONCURRENCY}, \
+         then {}); served latency p99 {}",
         backend_stats.peak.load(Ordering::Relaxed),
+        BACKEND_CONCURRENCY / 2,
         p99(&mut total.latencies)
     );
+    for (slots, limits) in total.limits.iter_mut().rev() {
+        limits.sort_unstable();
+        if let Some(median) = limits.get(limits.len() / 2) {
+            println!(
+                "while the backend had {slots} workers, weir's limit was {median} (median of {} \
+                 seconds; from {} to {})",
+                limits.len(),
+                limits[0],
+                limits[limits.len() - 1]
+            );
+        }
+    }
     Ok(())
 }
 
@@ -272,32 +344,42 @@ fn config(backend: SocketAddr, admin: SocketAddr) -> Result<Config, ConfigError>
          [log]\naccess = false\n\
          [[listener]]\nname = \"demo\"\naddr = \"127.0.0.1:0\"\n\
          [[upstream]]\nname = \"backend\"\naddr = \"{backend}\"\n\
-         max_concurrency = {BACKEND_CONCURRENCY}\nmax_queue = {MAX_QUEUE}\n\
+         max_concurrency = \"auto\"\ninitial_concurrency = 2\nmax_queue = {MAX_QUEUE}\n\
          queue_timeout = \"{}ms\"\nrequest_timeout = \"5s\"\n",
         QUEUE_TIMEOUT.as_millis()
     ))
 }
 
-/// A backend that serves `BACKEND_CONCURRENCY` requests at a time, each taking `SERVICE_TIME`;
-/// more wait inside it, as a real server's thread pool would make them.
+/// The built-in backend on a free loopback port (see [`BackendStats`]).
 async fn start_backend(stats: Arc<BackendStats>) -> Result<SocketAddr, DemoError> {
     let listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(DemoError::Backend)?;
     let addr = listener.local_addr().map_err(DemoError::Backend)?;
-    let workers = Arc::new(Semaphore::new(BACKEND_CONCURRENCY));
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let (workers, stats) = (Arc::clone(&workers), Arc::clone(&stats));
+            let stats = Arc::clone(&stats);
             tokio::spawn(async move {
                 let service = service_fn(move |_req| {
-                    let (workers, stats) = (Arc::clone(&workers), Arc::clone(&stats));
+                    let stats = Arc::clone(&stats);
                     async move {
-                        let _worker = workers.acquire().await;
+                        stats.waiting.fetch_add(1, Ordering::Relaxed);
+                        let worker = stats.workers.acquire().await;
+                        stats.waiting.fetch_sub(1, Ordering::Relaxed);
                         let now = stats.current.fetch_add(1, Ordering::Relaxed) + 1;
                         stats.peak.fetch_max(now, Ordering::Relaxed);
-                        tokio::time::sleep(SERVICE_TIME).await;
+                        let waiting = stats.waiting.load(Ordering::Relaxed) as f64;
+                        tokio::time::sleep(SERVICE_TIME.mul_f64(1.0 + 0.02 * waiting)).await;
                         stats.current.fetch_sub(1, Ordering::Relaxed);
+                        let retired = stats
+                            .retire
+                            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| {
+                                r.checked_sub(1)
+                            })
+                            .is_ok();
+                        if let (true, Ok(worker)) = (retired, worker) {
+                            worker.forget();
+                        }
                         Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"ok\n"))))
                     }
                 });
@@ -333,18 +415,23 @@ fn merge(total: &mut Second, s: Second) {
         *total.rejected.entry(r).or_default() += n;
     }
     total.latencies.extend(s.latencies);
+    if s.offered > 0 {
+        total.limits.entry(s.slots).or_default().push(s.limit);
+    }
 }
 
 fn print_second(sec: u64, s: &Second) {
     let mut latencies = s.latencies.clone();
+    let shed: u64 = s.rejected.values().sum();
     println!(
-        "{:>4} {:>9} {:>9} {:>7} {:>10} {:>10} {:>12}",
+        "{:>4} {:>8} {:>6} {:>9} {:>9} {:>7} {:>8} {:>12}",
         sec,
+        format!("{} slots", s.slots),
+        s.limit,
         s.offered,
         s.served,
         s.queued,
-        s.rejected.get("queue_full").copied().unwrap_or(0),
-        s.rejected.get("queue_timeout").copied().unwrap_or(0),
+        shed,
         p99(&mut latencies)
     );
 }

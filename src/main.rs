@@ -45,8 +45,9 @@ struct Cli {
 enum Command {
     /// Validate the configuration, print every problem, and exit (0 when valid).
     Check,
-    /// A one-minute tour: a built-in backend, weir in front of it, and a load that ramps from half
-    /// to five times the backend's capacity; prints what the pool does each second. Loopback only.
+    /// A 30-second tour: a built-in backend whose capacity halves and comes back, weir in front of
+    /// it with an adaptive limit, and twice the backend's capacity offered; prints the limit and
+    /// what weir does each second. Loopback only.
     Demo {
         /// How long the load runs.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]

@@ -278,7 +278,11 @@ fn an_adaptive_limit_and_its_bounds() {
     assert_eq!(c.upstreams[0].limit.initial(), 1);
 
     let cases = [
-        ("max_concurrency = \"lots\"", "max_concurrency", "write an integer, or \"auto\""),
+        (
+            "max_concurrency = \"lots\"",
+            "max_concurrency",
+            "write an integer, or \"auto\"",
+        ),
         ("max_concurrency = 1.5", "max_concurrency", "is not a limit"),
         (
             "max_concurrency = \"auto\"\nmin_concurrency = 10\nmax_concurrency_limit = 5",
@@ -295,7 +299,11 @@ fn an_adaptive_limit_and_its_bounds() {
             "min_concurrency",
             "only applies with max_concurrency = \"auto\"",
         ),
-        ("initial_concurrency = 2", "initial_concurrency", "only applies"),
+        (
+            "initial_concurrency = 2",
+            "initial_concurrency",
+            "only applies",
+        ),
     ];
     for (keys, key, needle) in cases {
         let p = problems(&up(keys));
