@@ -7,11 +7,17 @@
 //! `GET /_slots/N` changes the number of workers while it runs (fewer: as busy ones finish);
 //! `GET /_served` answers how many requests it has served.
 //!
+//! `cargo bench --bench capacity -- measure BACKEND SLOTS SECONDS`: sets the backend's workers
+//! to SLOTS and keeps exactly SLOTS requests outstanding on it for SECONDS (a closed loop, after
+//! a second of warm-up): the requests a second it really serves with that many workers on this
+//! machine (timers and scheduling make a 20 ms service take a little longer). Prints the rate.
+//!
 //! `cargo bench --bench capacity -- load URL RATE SECONDS [key=value...]`: an open-loop client
 //! sending RATE requests a second for SECONDS, each given up after `timeout_ms` (default 1000).
 //! Keys: `steps=16,8,24` (the backend's workers in equal phases, set through `backend=ADDR`),
-//! `admin=ADDR` (a weir admin listener whose limit is sampled every 250 ms), `service_ms`
-//! (default 20, for the capacity of each phase), `label`. Prints a line per second on stderr and
+//! `admin=ADDR` (a weir admin listener whose limit is sampled every 250 ms), `capacities=R,R,R`
+//! (each phase's measured capacity in requests a second; default: workers / `service_ms`, itself
+//! 20 by default), `label`. Prints a line per second on stderr and
 //! one JSON document on stdout: per 250 ms, requests answered 2xx in time (goodput), shed (503),
 //! given up, failed, and the limit; per phase, the steady goodput as a share of the backend's
 //! capacity and the time after the step to reach 85% of it; the 2xx p99.
@@ -50,9 +56,11 @@ fn main() {
     match args.first().map(String::as_str) {
         Some("backend") => runtime.block_on(backend(&args[1..])),
         Some("load") => runtime.block_on(load(&args[1..])),
+        Some("measure") => runtime.block_on(measure(&args[1..])),
         _ => {
             eprintln!(
-                "usage: capacity backend ADDR SLOTS [SERVICE_MS] | capacity load URL RATE SECONDS [key=value...]"
+                "usage: capacity backend ADDR SLOTS [SERVICE_MS] | capacity load URL RATE SECONDS \
+                 [key=value...] | capacity measure BACKEND SLOTS SECONDS"
             );
             std::process::exit(2);
         }
@@ -170,6 +178,10 @@ async fn load(args: &[String]) {
     let timeout =
         Duration::from_millis(keys.get("timeout_ms").map_or(1000, |v| v.parse().unwrap()));
     let service_ms: f64 = keys.get("service_ms").map_or(20.0, |v| v.parse().unwrap());
+    let capacities: Vec<f64> = keys
+        .get("capacities")
+        .map(|s| s.split(',').map(|n| n.parse().unwrap()).collect())
+        .unwrap_or_default();
     let steps: Vec<usize> = keys
         .get("steps")
         .map(|s| s.split(',').map(|n| n.parse().unwrap()).collect())
@@ -318,7 +330,10 @@ async fn load(args: &[String]) {
         .iter()
         .enumerate()
         .map(|(i, slots)| {
-            let capacity = *slots as f64 / (service_ms / 1e3);
+            let capacity = capacities
+                .get(i)
+                .copied()
+                .unwrap_or(*slots as f64 / (service_ms / 1e3));
             let first = ((i as f64 * phase_len) / BUCKET.as_secs_f64()) as usize;
             let last = (((i + 1) as f64 * phase_len) / BUCKET.as_secs_f64()) as usize;
             let rate_of = |b: &Bucket| b.good as f64 / BUCKET.as_secs_f64();
@@ -363,6 +378,49 @@ async fn load(args: &[String]) {
         good.join(","),
         limits.join(",")
     );
+}
+
+async fn measure(args: &[String]) {
+    let backend = &args[0];
+    let slots: usize = args[1].parse().expect("SLOTS");
+    let seconds: f64 = args[2].parse().expect("SECONDS");
+    let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(1024)
+        .build_http();
+    set_slots(&client, backend, slots).await;
+    let url: http::Uri = format!("http://{backend}/").parse().expect("URL");
+    let served = Arc::new(AtomicU64::new(0));
+    let counting = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = Instant::now() + Duration::from_secs_f64(1.0 + seconds);
+    let tasks: Vec<_> = (0..slots)
+        .map(|_| {
+            let (client, url, served, counting) = (
+                client.clone(),
+                url.clone(),
+                Arc::clone(&served),
+                Arc::clone(&counting),
+            );
+            tokio::spawn(async move {
+                while Instant::now() < stop {
+                    let ok = match client.get(url.clone()).await {
+                        Ok(resp) => resp.into_body().collect().await.is_ok(),
+                        Err(_) => false,
+                    };
+                    if ok && counting.load(Ordering::Relaxed) {
+                        served.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    counting.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    for t in tasks {
+        let _ = t.await;
+    }
+    let rate = served.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64();
+    println!("{rate:.1}");
 }
 
 async fn set_slots(client: &Client<HttpConnector, Empty<Bytes>>, backend: &str, n: usize) {

@@ -13,6 +13,7 @@
 #      limit of 20,000, as on the machine measured, caps it below 10,000).
 #   D  TLS: new handshakes/s and keep-alive HTTPS, weir vs nginx (bench/tls.rs).
 #   E  HTTP/2 from the client (h2load, prior knowledge) through weir and nginx.
+#   F  the adaptive limit (bench/adaptive.sh): capacity steps, low load, a shared backend, CPU.
 # The proxy under test runs pinned to core 1 with one worker; the backend and the load generator
 # share core 0. Every process started here is stopped on exit, by PID.
 #
@@ -273,6 +274,14 @@ for t in weir nginx; do
     record "{\"scenario\":\"E\",\"target\":\"$t\",\"rps\":${rps:-0},\"succeeded\":${done_n:-0},\"status_2xx\":${ok:-0},\"cpu_us_per_request\":$cpu_us}"
     printf '  %-8s %10s req/s  2xx %s of %s  CPU %6s µs/request\n' "$t" "$rps" "$ok" "$done_n" "$cpu_us"
 done
+
+# ---- F: the adaptive limit ----
+# bench/adaptive.sh, with this run's weir binary, when SKIP_F is unset: capacity steps against
+# fixed limits, HAProxy and direct; low load; three weirs on one backend; CPU fixed vs auto.
+if [ -z "${SKIP_F:-}" ]; then
+    echo "F: the adaptive limit (bench/adaptive.sh; results in $OUT/adaptive)"
+    WEIR_BIN=$WEIR_BIN ADAPTIVE_OUT=$OUT/adaptive bash bench/adaptive.sh "$SECONDS_PER_RUN"
+fi
 
 python3 - "$OUT/results.jsonl" "$OUT/versions.txt" >"$OUT/results.md" <<'PY'
 import json, sys

@@ -496,7 +496,9 @@ fn demo_runs_to_the_end_and_reports_shedding() {
     );
     // Every line shows weir's adaptive limit, and the summary what it was.
     assert!(
-        stdout.lines().any(|l| l.contains("limit") && l.contains("backend")),
+        stdout
+            .lines()
+            .any(|l| l.contains("limit") && l.contains("backend")),
         "{stdout}"
     );
     assert!(stdout.contains("weir's limit was"), "{stdout}");

@@ -60,7 +60,8 @@ pub const MAX_SHRINK: f64 = 0.75;
 pub const MAX_ERROR_SHRINK: f64 = 0.5;
 /// How long a low latency counts toward the baseline.
 pub const BASELINE_HORIZON: Duration = Duration::from_secs(30);
-/// Under sustained load, how often the limit is halved to see the backend without a queue.
+/// Under sustained load, how often the limit is halved to see the backend without a queue (give
+/// or take a fifth, at random).
 pub const PROBE_EVERY: Duration = Duration::from_secs(10);
 /// After a probe that lowered the baseline (or before the first), how soon the next comes.
 pub const PROBE_SOON: Duration = Duration::from_secs(1);
@@ -208,6 +209,11 @@ pub struct Controller {
     next_probe: Instant,
     probe: Option<Probe>,
     congestion: Option<Congestion>,
+    /// State of the probe interval's jitter.
+    jitter: u64,
+    /// The baseline was seen without weir's queue in the backend (a window in which no request
+    /// waited, or a probe), not only while requests were waiting.
+    trusted: bool,
 }
 
 /// Why the limit moved, for the status page and the log.
@@ -248,6 +254,12 @@ impl Controller {
             next_probe: now + PROBE_SOON,
             probe: None,
             congestion: None,
+            // Seeded from the clock, so that weirs started together still differ.
+            jitter: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0x9e37_79b9, |d| d.as_nanos() as u64)
+                | 1,
+            trusted: false,
         }
     }
 
@@ -304,7 +316,15 @@ impl Controller {
                 self.probe = None;
                 let lowered = matches!((before, self.baseline), (Some(b0), Some(b1))
                     if b1.as_secs_f64() < 0.9 * b0.as_secs_f64());
-                self.next_probe = now + if lowered { PROBE_SOON } else { PROBE_EVERY };
+                // A probe that found a much lower latency shows the limit was too high to see
+                // the backend's own: another comes soon. One that did not confirms the baseline.
+                self.trusted = !lowered;
+                self.next_probe = now
+                    + if lowered {
+                        PROBE_SOON
+                    } else {
+                        self.probe_every()
+                    };
                 self.limit = restore;
             }
             return Cause::Probe;
@@ -316,9 +336,10 @@ impl Controller {
             if !saturated || lower {
                 self.learn(now, mean);
             }
+            self.trusted |= !saturated;
             if !saturated {
                 // The backend was seen without weir's queue in it: no probe needed for now.
-                self.next_probe = self.next_probe.max(now + PROBE_EVERY);
+                self.next_probe = self.next_probe.max(now + self.probe_every());
             }
         }
         self.forget(now);
@@ -372,6 +393,11 @@ impl Controller {
             self.limit = (self.limit * factor).max(floor);
         } else if saturated && queued.is_some_and(|q| q < low) {
             self.limit += (self.limit.sqrt() / 3.0).max(1.0);
+            // Growing against a baseline seen without weir's queue: a probe would find nothing,
+            // and would only slow the climb down.
+            if self.trusted {
+                self.next_probe = self.next_probe.max(now + WINDOW * PROBE_WINDOWS);
+            }
         }
         self.limit = self
             .limit
@@ -387,6 +413,19 @@ impl Controller {
             return Cause::Probe;
         }
         cause
+    }
+
+    /// [`PROBE_EVERY`], give or take a fifth: weirs that share a backend do not probe in step,
+    /// nor in step with a load that changes on a round period.
+    fn probe_every(&mut self) -> Duration {
+        // xorshift64: enough to spread probes; no allocation, no global state.
+        let mut x = self.jitter;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.jitter = x;
+        let spread = (x % 1000) as f64 / 1000.0 * 0.4 - 0.2;
+        PROBE_EVERY.mul_f64(1.0 + spread)
     }
 
     /// A latency seen without weir's queue in the backend.

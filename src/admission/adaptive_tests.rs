@@ -79,10 +79,11 @@ fn run(
     limits
 }
 
-/// Mean of the last `n` limits.
+/// Median of the last `n` limits: a probe's two windows do not move it.
 fn settled(limits: &[usize], n: usize) -> f64 {
-    let tail = &limits[limits.len() - n..];
-    tail.iter().sum::<usize>() as f64 / n as f64
+    let mut tail = limits[limits.len() - n..].to_vec();
+    tail.sort_unstable();
+    tail[n / 2] as f64
 }
 
 fn backend(slots: f64) -> Backend {
