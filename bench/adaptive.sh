@@ -21,6 +21,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 STEP=${1:-10}
 OUT=${ADAPTIVE_OUT:-target/bench-adaptive}
+# SCENARIOS="F1 F4" runs only those.
+SCENARIOS=" ${SCENARIOS:-F1 F2 F3 F4} "
+want() { [[ "$SCENARIOS" == *" $1 "* ]]; }
 mkdir -p "$OUT"
 : >"$OUT/results.jsonl"
 PIDS=()
@@ -74,8 +77,14 @@ require_free_ports $CPB $FAST 127.0.0.1:19210 127.0.0.1:19211 127.0.0.1:19212 12
 $LG "$CAP_BIN" backend $CPB 16 20 >"$OUT/capacity-backend.log" 2>&1 & CPB_PID=$!; PIDS+=($CPB_PID)
 wait_port $CPB
 
+# What the backend really serves with 16, 8 and 24 workers on this machine: each phase's capacity.
+CAPS=$(for n in 16 8 24; do $LG "$CAP_BIN" measure $CPB $n 4; done | paste -sd, -)
+echo "measured capacity with 16, 8, 24 workers: $CAPS req/s"
+record "{\"scenario\":\"F1-capacity\",\"workers\":[16,8,24],\"rps\":[$CAPS]}"
+
 # ---- F1: capacity steps ----
 SECONDS_F1=$((STEP * 3))
+if want F1; then
 echo "F1: capacity 16 -> 8 -> 24 workers x 20 ms, ${STEP}s each, 2400 req/s offered, clients give up after 1 s"
 cat >"$OUT/haproxy.cfg" <<CFG
 global
@@ -96,10 +105,6 @@ backend b
     http-request deny deny_status 503 if { queue(b) ge 64 }
     server s1 $CPB maxconn 16
 CFG
-# What the backend really serves with 16, 8 and 24 workers on this machine: each phase's capacity.
-CAPS=$(for n in 16 8 24; do $LG "$CAP_BIN" measure $CPB $n 4; done | paste -sd, -)
-echo "  measured capacity with 16, 8, 24 workers: $CAPS req/s"
-record "{\"scenario\":\"F1-capacity\",\"workers\":[16,8,24],\"rps\":[$CAPS]}"
 run_f1() { # LABEL ADDR [ADMIN]
     local admin_arg=()
     [ -n "${3:-}" ] && admin_arg=(admin="$3")
@@ -121,8 +126,10 @@ $PROXY haproxy -f "$OUT/haproxy.cfg" >"$OUT/haproxy.log" 2>&1 & P=$!; PIDS+=($P)
 wait_port 127.0.0.1:19213
 run_f1 haproxy-16 127.0.0.1:19213; stop_pid $P
 run_f1 direct $CPB
+fi
 
 # ---- F2: low load ----
+if want F2; then
 echo "F2: 600 req/s (75% of 16 x 20 ms) for $((STEP * 2))s, weir auto vs fixed 16"
 curl -s "http://$CPB/_slots/16" >/dev/null
 for t in auto fixed16; do
@@ -134,8 +141,10 @@ for t in auto fixed16; do
     echo "$line" | python3 -c 'import json,sys; r=json.load(sys.stdin); print("  %-12s offered %6d, good %6d, shed %d (%.3f%%), gave up %d, 2xx p99 %.1f ms" % (r["label"], r["offered"], r["good"], r["shed"], 100*r["shed"]/max(1,r["offered"]), r["gave_up"], r["p99_2xx_ms"]))'
     stop_pid $P
 done
+fi
 
 # ---- F3: three weirs, one backend ----
+if want F3; then
 echo "F3: three weirs with auto, one backend of 16 x 20 ms (800 req/s), 800 req/s offered to each for $((STEP * 3))s"
 curl -s "http://$CPB/_slots/16" >/dev/null
 sleep 1
@@ -175,19 +184,30 @@ print(f"  goodput per weir {good}, Jain {jain:.3f} (settled, last two thirds: {j
       f"backend served {s1 - s0} = {100 * busy:.1f}% of its measured capacity ({cap:.0f} req/s; "
       f"{100 * (s1 - s0) / (t1 - t0) / 800:.1f}% of the nominal 800)")
 PY
+fi
 
 # ---- F4: CPU per request, fixed vs auto ----
+# Three weirs in front of a backend that answers at once: a fixed limit that never binds (256 for
+# 64 connections), "auto" as it comes (it finds that latency grows with concurrency on the
+# loaded core and keeps a few requests in flight, so requests wait in weir's queue), and "auto"
+# with a floor of 256, which never binds either: the per-request cost of recording samples.
+if want F4; then
 ROUNDS_F4=${ROUNDS_F4:-8}
 echo "F4: CPU per request, wrk 64 connections, tiny answers, weir fixed vs auto, $ROUNDS_F4 interleaved rounds of 3s"
 $LG "$BACKEND_BIN" $FAST 16 20 >"$OUT/fast-backend.log" 2>&1 & P=$!; PIDS+=($P)
 wait_port $FAST
 start_weir cpu-fixed 127.0.0.1:19210 127.0.0.1:19220 $FAST 'max_concurrency = 256'; PF=$LAST_PID
 start_weir cpu-auto 127.0.0.1:19211 127.0.0.1:19221 $FAST 'max_concurrency = "auto"'; PA=$LAST_PID
-declare -A ADDR=([fixed]=127.0.0.1:19210 [auto]=127.0.0.1:19211) PID=([fixed]=$PF [auto]=$PA)
-for t in fixed auto; do $LG wrk -t1 -c64 -d2s "http://${ADDR[$t]}/" >/dev/null; done
+start_weir cpu-auto-floor 127.0.0.1:19212 127.0.0.1:19222 $FAST 'max_concurrency = "auto"
+min_concurrency = 256
+initial_concurrency = 256'; PU=$LAST_PID
+declare -A ADDR=([fixed]=127.0.0.1:19210 [auto]=127.0.0.1:19211 [auto-floor]=127.0.0.1:19212) \
+    PID=([fixed]=$PF [auto]=$PA [auto-floor]=$PU) ADMIN=([fixed]=127.0.0.1:19220 [auto]=127.0.0.1:19221 [auto-floor]=127.0.0.1:19222)
+F4_ORDER=(fixed auto auto-floor)
+for t in "${F4_ORDER[@]}"; do $LG wrk -t1 -c64 -d2s "http://${ADDR[$t]}/" >/dev/null; done
 for round in $(seq 1 "$ROUNDS_F4"); do
-    for i in 0 1; do
-        if [ $(((i + round) % 2)) = 0 ]; then t=fixed; else t=auto; fi
+    for i in 0 1 2; do
+        t=${F4_ORDER[$(((i + round - 1) % 3))]}
         $LG wrk -t1 -c64 -d1s "http://${ADDR[$t]}/" >/dev/null
         c0=$(cpu_ticks ${PID[$t]})
         out=$($LG wrk -t1 -c64 -d3s "http://${ADDR[$t]}/")
@@ -195,9 +215,9 @@ for round in $(seq 1 "$ROUNDS_F4"); do
         total=$(echo "$out" | awk '/requests in/ {print $1}')
         rps=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
         errs=$(echo "$out" | awk '/Non-2xx|Socket errors/ {s = s $0 " "} END {print s}')
-        limit=$(curl -s "http://127.0.0.1:1922$([ $t = fixed ] && echo 0 || echo 1)/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["upstreams"][0]["limit"])')
+        limit=$(curl -s "http://${ADMIN[$t]}/status" | python3 -c 'import json,sys; print(json.load(sys.stdin)["upstreams"][0]["limit"])')
         record "{\"scenario\":\"F4\",\"round\":$round,\"target\":\"$t\",\"requests\":$total,\"rps\":$rps,\"cpu_ticks\":$((c1 - c0)),\"tick\":$TICK,\"limit\":$limit,\"errors\":\"$errs\"}"
-        printf '  round %s %-6s %10s req/s  CPU %6s µs/request  limit %s %s\n' "$round" "$t" "$rps" \
+        printf '  round %s %-10s %10s req/s  CPU %6s µs/request  limit %s %s\n' "$round" "$t" "$rps" \
             "$(awk -v c=$((c1 - c0)) -v n="$total" -v tick="$TICK" 'BEGIN { printf "%.2f", c / tick * 1e6 / n }')" "$limit" "$errs"
     done
 done
@@ -207,7 +227,12 @@ rows = [json.loads(l) for l in open(sys.argv[1]) if '"F4"' in l]
 by = {}
 for r in rows:
     by.setdefault(r["round"], {})[r["target"]] = r["cpu_ticks"] / r["tick"] * 1e6 / r["requests"]
-ratios = [v["auto"] / v["fixed"] for v in by.values() if "auto" in v and "fixed" in v]
-tot = lambda t: sum(r["cpu_ticks"] for r in rows if r["target"] == t) / rows[0]["tick"] * 1e6 / sum(r["requests"] for r in rows if r["target"] == t)
-print(f"  CPU per request: fixed {tot('fixed'):.2f} µs, auto {tot('auto'):.2f} µs; auto / fixed over all rounds {tot('auto') / tot('fixed'):.3f}x, median of per-round ratios {statistics.median(ratios):.3f}x ({', '.join(f'{x:.3f}' for x in ratios)})")
+def tot(t):
+    mine = [r for r in rows if r["target"] == t]
+    return sum(r["cpu_ticks"] for r in mine) / mine[0]["tick"] * 1e6 / sum(r["requests"] for r in mine)
+for t in ("auto", "auto-floor"):
+    ratios = [v[t] / v["fixed"] for v in by.values() if t in v and "fixed" in v]
+    print(f"  CPU per request, {t} / fixed: {tot(t):.2f} / {tot('fixed'):.2f} µs = {tot(t) / tot('fixed'):.3f}x over all rounds, "
+          f"median of per-round ratios {statistics.median(ratios):.3f}x ({', '.join(f'{x:.3f}' for x in ratios)})")
 PY
+fi
