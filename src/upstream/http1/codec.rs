@@ -80,6 +80,7 @@ pub(crate) enum Chunk {
 }
 
 /// A final response head.
+#[derive(Debug)]
 pub(crate) struct Head {
     pub(crate) status: StatusCode,
     pub(crate) version: Version,
@@ -89,6 +90,7 @@ pub(crate) struct Head {
     pub(crate) keep_alive: bool,
 }
 
+#[derive(Debug)]
 pub(crate) enum Parsed {
     Final(Head),
     Interim,
@@ -315,7 +317,10 @@ pub(crate) fn decode_body(buf: &mut BytesMut, decode: &mut Decode) -> Result<Dec
     loop {
         match decode {
             Decode::Done => return Ok(Decoded::End),
-            Decode::Length(0) => *decode = Decode::Done,
+            Decode::Length(0) => {
+                *decode = Decode::Done;
+                continue;
+            }
             Decode::Length(left) | Decode::Chunked(Chunk::Data(left)) if !buf.is_empty() => {
                 let n = (*left).min(buf.len() as u64);
                 *left -= n;
@@ -375,10 +380,26 @@ pub(crate) fn end_of_stream(decode: &mut Decode) -> Result<(), Error> {
     }
 }
 
-pub(crate) fn put_hex_line(out: &mut BytesMut, n: usize) {
+fn put_hex_line(out: &mut BytesMut, n: usize) {
     use std::fmt::Write as _;
     // Writing to a BytesMut cannot fail.
     let _ = write!(out, "{n:X}\r\n");
+}
+
+/// One chunk of a chunked body: its size line, its data, CRLF.
+pub(crate) fn put_chunk(out: &mut BytesMut, data: &[u8]) {
+    put_hex_line(out, data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The end of a chunked body: the last chunk, the trailer fields if any, the empty line.
+pub(crate) fn put_last_chunk(out: &mut BytesMut, trailers: Option<&HeaderMap>) {
+    out.extend_from_slice(b"0\r\n");
+    for (name, value) in trailers.into_iter().flatten() {
+        put_field(out, name, value);
+    }
+    out.extend_from_slice(b"\r\n");
 }
 
 pub(crate) fn put_field(out: &mut BytesMut, name: &HeaderName, value: &HeaderValue) {

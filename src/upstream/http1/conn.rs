@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 
 use super::codec::{
     Decode, Decoded, Error, Framing, Head, MAX_HEAD, Parsed, decode_body, encode_head,
-    end_of_stream, idempotent, parse_head, put_field, put_hex_line,
+    end_of_stream, idempotent, parse_head, put_chunk, put_last_chunk,
 };
 use super::pool::{IdlePool, Reusable};
 
@@ -247,9 +247,7 @@ impl Outgoing {
         match self.framing {
             Framing::Length(n) if self.taken > n => Err(Error::RequestBodyLength),
             Framing::Chunked => {
-                put_hex_line(out, data.len());
-                out.extend_from_slice(&data);
-                out.extend_from_slice(b"\r\n");
+                put_chunk(out, &data);
                 Ok(())
             }
             _ => {
@@ -266,11 +264,7 @@ impl Outgoing {
         self.ended = true;
         match self.framing {
             Framing::Chunked => {
-                out.extend_from_slice(b"0\r\n");
-                for (name, value) in trailers.into_iter().flatten() {
-                    put_field(out, name, value);
-                }
-                out.extend_from_slice(b"\r\n");
+                put_last_chunk(out, trailers);
                 Ok(())
             }
             Framing::Length(n) if self.taken != n => Err(Error::RequestBodyLength),

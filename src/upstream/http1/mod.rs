@@ -6,6 +6,8 @@ mod codec;
 mod conn;
 mod pool;
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 
 pub use codec::Error;
