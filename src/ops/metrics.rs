@@ -212,6 +212,12 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         &["listener", "limit"],
     ),
     (
+        "weir_requests_refused_total",
+        "Requests refused before routing, by reason (bad_request: no Host, two, a bad target).",
+        MetricType::COUNTER,
+        &["listener", "reason"],
+    ),
+    (
         "weir_config_reloads_total",
         "Configuration reloads, by result.",
         MetricType::COUNTER,
@@ -373,6 +379,8 @@ impl Collector for WeirCollector {
             f.counters("weir_client_timeouts_total", n, "kind", timeouts);
             let limits = SizeLimit::ALL.map(|s| (s.as_str(), c.limits(s)));
             f.counters("weir_request_limits_total", n, "limit", limits);
+            let refused = [("bad_request", c.bad_requests())];
+            f.counters("weir_requests_refused_total", n, "reason", refused);
         }
         let r = &self.reloads;
         let results = [("success", r.successes()), ("error", r.errors())];

@@ -11,7 +11,7 @@ use http::{Request, Response, header};
 use hyper::body::Incoming;
 
 use super::record::Record;
-use super::route::Table;
+use super::route::{Table, settle_host};
 use crate::config::{Config, OversizedBody};
 use crate::error::ProxyError;
 use crate::http::{BufferPool, Buffered, Downstream, RequestBody};
@@ -94,6 +94,11 @@ impl Proxy {
             self.request_metrics,
         );
         let started = record.started();
+        let mut req = req;
+        if let Err(e) = settle_host(&mut req) {
+            downstream.listener.counters.bad_request();
+            return reject(e, record);
+        }
         let Some(upstream) = self.table.load().route(&req).cloned() else {
             return reject(ProxyError::NoRoute, record);
         };

@@ -2,9 +2,10 @@
 
 use std::sync::Arc;
 
-use http::{Request, header};
+use http::{HeaderValue, Request, Version, header};
 
 use crate::config::RouteConfig;
+use crate::error::ProxyError;
 use crate::upstream::Upstream;
 
 /// The routing table: upstreams and the rules that pick one.
@@ -35,6 +36,77 @@ impl Table {
             })
             .map(|r| &self.upstreams[r.upstream])
     }
+}
+
+/// Settles which host a request is for before it is routed, so that routing and the backend see
+/// the same one (RFC 9112 §3.2): an HTTP/1.1 request must carry exactly one Host field; an
+/// absolute-form target's authority replaces whatever Host says (§3.2.2); an HTTP/2 request's
+/// Host, if any, must name its `:authority` (RFC 9113 §8.3.1). Anything else is refused.
+pub(super) fn settle_host<B>(req: &mut Request<B>) -> Result<(), ProxyError> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadRequest("more than one Host field"));
+    }
+    if let Some(authority) = req.uri().authority() {
+        if req.version() == Version::HTTP_2 {
+            return match host {
+                Some(h)
+                    if !h
+                        .as_bytes()
+                        .eq_ignore_ascii_case(authority.as_str().as_bytes()) =>
+                {
+                    Err(ProxyError::BadRequest("Host differs from :authority"))
+                }
+                _ => Ok(()),
+            };
+        }
+        // http(s) URIs carry no user information (RFC 9110 §4.2.4).
+        if authority.as_str().contains('@') {
+            return Err(ProxyError::BadRequest(
+                "user information in the request target",
+            ));
+        }
+        let value = HeaderValue::from_str(authority.as_str())
+            .map_err(|_| ProxyError::BadRequest("invalid request target"))?;
+        req.headers_mut().insert(header::HOST, value);
+        return Ok(());
+    }
+    match host {
+        None if req.version() == Version::HTTP_11 => Err(ProxyError::BadRequest("no Host field")),
+        Some(h) if !valid_host(h.as_bytes()) => Err(ProxyError::BadRequest("invalid Host field")),
+        _ => Ok(()),
+    }
+}
+
+/// Whether `host` is a `uri-host [ ":" port ]` (RFC 9110 §7.2) as far as routing cares: nothing
+/// that would end or change an authority (a path, a query, user information, white space).
+/// Empty is valid: a target whose authority is empty.
+fn valid_host(host: &[u8]) -> bool {
+    host.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'.' | b'-'
+                    | b'_'
+                    | b'~'
+                    | b':'
+                    | b'['
+                    | b']'
+                    | b'%'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            )
+    })
 }
 
 /// The host a request is for, without its port: the Host header, or the URI's authority.

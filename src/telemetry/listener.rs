@@ -15,6 +15,8 @@ pub struct ListenerCounters {
     rejected: [AtomicU64; ConnReject::ALL.len()],
     timeouts: [AtomicU64; ClientTimeout::ALL.len()],
     limits: [AtomicU64; SizeLimit::ALL.len()],
+    /// Requests refused before routing: no Host, two, a bad target (`bad_request`).
+    bad_requests: AtomicU64,
 }
 
 impl ListenerCounters {
@@ -23,6 +25,12 @@ impl ListenerCounters {
     }
     pub fn timeout(&self, t: ClientTimeout) {
         self.timeouts[t as usize].fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn bad_request(&self) {
+        self.bad_requests.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn bad_requests(&self) -> u64 {
+        self.bad_requests.load(Ordering::Relaxed)
     }
     pub fn limit(&self, l: SizeLimit) {
         self.limits[l as usize].fetch_add(1, Ordering::Relaxed);
