@@ -5,7 +5,9 @@
 # instructions or a few atomic operations (each costs tens of cycles that instruction counts
 # do not show).
 # Usage: bash bench/callgrind.sh [CONNECTIONS, default 1] [REQUESTS, default 3200] [BINARY...]
-# (default binary: a release build of the working tree)
+# (default binary: a release build of the working tree). CALLGRIND_LIMIT='"auto"' (or another
+# value of max_concurrency, with any keys after it on lines of their own) measures that limit
+# instead of the fixed 256.
 #
 # For each binary: weir under valgrind on core 1 (so its runtime sees one core), the suite's
 # backend on core 0, h2load sending 200 requests, then again sending REQUESTS; the difference
@@ -41,6 +43,14 @@ BACKEND_BIN=$(bench_bin backend)
 BACKEND=127.0.0.1:19300
 WEIR=127.0.0.1:19301
 single_upstream_run "$OUT/weir.toml" "$WEIR" "$BACKEND" 127.0.0.1:19302
+if [ -n "${CALLGRIND_LIMIT:-}" ]; then
+    python3 - "$OUT/weir.toml" "$CALLGRIND_LIMIT" <<'PY'
+import sys
+path, limit = sys.argv[1], sys.argv[2]
+text = open(path).read().replace("max_concurrency = 256", "max_concurrency = " + limit)
+open(path, "w").write(text)
+PY
+fi
 total_ir() { awk '/^(summary|totals):/ {print $2; exit}' "$1"; }
 total_atomics() { awk '/^(summary|totals):/ {print $3; exit}' "$1"; }
 

@@ -7,7 +7,8 @@
 //! lowest latency seen while the backend had no queue of weir's making, and moves the limit:
 //!
 //! - latency within [`GROW_BELOW`] of the baseline while requests had to wait for a slot: the
-//!   backend has room, the limit grows by about √limit / 3 (additive increase);
+//!   backend has room, the limit grows by about √limit / 3, √limit / 2 while it shows no queue
+//!   at all (additive increase);
 //! - latency above [`SHRINK_ABOVE`]: requests queue inside the backend, the limit shrinks toward
 //!   the concurrency that would bring latency back under `GROW_BELOW`, by at most a quarter per
 //!   window (multiplicative decrease);
@@ -392,7 +393,14 @@ impl Controller {
             };
             self.limit = (self.limit * factor).max(floor);
         } else if saturated && queued.is_some_and(|q| q < low) {
-            self.limit += (self.limit.sqrt() / 3.0).max(1.0);
+            // Faster while the backend shows no queue of weir's at all (room after a step up),
+            // by the same step for every weir that shares it.
+            let step = if queued.is_some_and(|q| q < low / 2.0) {
+                self.limit.sqrt() / 2.0
+            } else {
+                self.limit.sqrt() / 3.0
+            };
+            self.limit += step.max(1.0);
             // Growing against a baseline seen without weir's queue: a probe would find nothing,
             // and would only slow the climb down.
             if self.trusted {
