@@ -141,8 +141,9 @@ pub enum Protocol {
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
     pub name: String,
-    /// `host:port` of the backend; hostnames are resolved when connecting.
-    pub addr: Authority,
+    /// Where the backend listens: `host:port` (host names are resolved when connecting) or a
+    /// Unix domain socket (`unix:/path`).
+    pub addr: UpstreamAddr,
     pub protocol: Protocol,
     /// Requests forwarded to this backend at once: a fixed number, or found by weir (`"auto"`).
     pub limit: Limit,
@@ -168,6 +169,35 @@ pub struct UpstreamConfig {
     /// Responses up to this size are read whole from the backend, as fast as it sends them, so
     /// its slot is freed while a slow client is still being served; 0 streams every response.
     pub response_buffer: u64,
+}
+
+/// Where a backend listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamAddr {
+    /// `host:port`; host names are resolved when connecting.
+    Tcp(Authority),
+    /// `unix:/path/to/sock`: a Unix domain socket, the usual way to an app in the same pod.
+    Unix(PathBuf),
+}
+
+impl UpstreamAddr {
+    /// The authority requests to this backend name when the protocol needs one (HTTP/2's
+    /// `:authority`): its `host:port`, or `localhost` for a Unix socket.
+    pub fn authority(&self) -> Authority {
+        match self {
+            UpstreamAddr::Tcp(a) => a.clone(),
+            UpstreamAddr::Unix(_) => Authority::from_static("localhost"),
+        }
+    }
+}
+
+impl fmt::Display for UpstreamAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            UpstreamAddr::Tcp(a) => write!(f, "{a}"),
+            UpstreamAddr::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
 }
 
 /// How many requests an upstream takes on at once (`max_concurrency`).
@@ -305,6 +335,13 @@ impl Config {
             e
         })?;
         let base = path.parent().unwrap_or(Path::new("."));
+        for u in &mut config.upstreams {
+            if let UpstreamAddr::Unix(p) = &mut u.addr {
+                if p.is_relative() {
+                    *p = base.join(&*p);
+                }
+            }
+        }
         for tls in config.listeners.iter_mut().filter_map(|l| l.tls.as_mut()) {
             for p in [&mut tls.cert, &mut tls.key]
                 .into_iter()
@@ -334,6 +371,27 @@ impl Config {
                 problems: v.problems,
             })
         }
+    }
+
+    /// What is valid but probably wrong, one line each: a Unix-socket upstream whose path
+    /// exists and is not a socket. (A missing one is fine: the app may start later.) Reads the
+    /// file system, unlike [`Config::from_toml_str`].
+    pub fn warnings(&self) -> Vec<String> {
+        use std::os::unix::fs::FileTypeExt;
+        let mut out = Vec::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            if let UpstreamAddr::Unix(p) = &u.addr {
+                if let Ok(meta) = std::fs::metadata(p) {
+                    if !meta.file_type().is_socket() {
+                        out.push(format!(
+                            "upstream[{i}].addr: {} exists and is not a socket",
+                            p.display()
+                        ));
+                    }
+                }
+            }
+        }
+        out
     }
 
     /// Index of the upstream named `name`.

@@ -83,11 +83,18 @@ fn main() -> ExitCode {
         eprintln!("weir: invalid configuration: {}: {e}", path.display());
         return ExitCode::from(1);
     }
+    let warnings = config.warnings();
     if let Some(Command::Check) = cli.command {
+        for w in &warnings {
+            println!("{}: warning: {w}", path.display());
+        }
         println!("{}: configuration is valid", path.display());
         return ExitCode::SUCCESS;
     }
     let logs = init_logging(&config.log);
+    for w in &warnings {
+        tracing::warn!(config = %path.display(), warning = %w, "configuration warning");
+    }
 
     let runtime = match runtime_builder().enable_all().build() {
         Ok(rt) => rt,

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use http::uri::Authority;
@@ -331,7 +332,7 @@ impl Validator {
         let at = |key: &str| format!("upstream[{i}].{key}");
         let limit = self.limit(&at, &raw);
         let name = self.name(at("name"), raw.name);
-        let addr = self.authority(at("addr"), &raw.addr);
+        let addr = self.upstream_addr(at("addr"), &raw.addr);
         let max_queue = self.count(
             at("max_queue"),
             raw.max_queue,
@@ -520,6 +521,21 @@ impl Validator {
         })
     }
 
+    /// `host:port`, or `unix:/path` for a Unix domain socket.
+    fn upstream_addr(&mut self, path: String, text: &str) -> UpstreamAddr {
+        match text.strip_prefix("unix:") {
+            Some("") => {
+                self.problem(
+                    path,
+                    "\"unix:\" needs a socket path, such as \"unix:/run/app.sock\"",
+                );
+                UpstreamAddr::Unix(PathBuf::new())
+            }
+            Some(p) => UpstreamAddr::Unix(PathBuf::from(p)),
+            None => UpstreamAddr::Tcp(self.authority(path, text)),
+        }
+    }
+
     fn authority(&mut self, path: String, text: &str) -> Authority {
         let fallback = Authority::from_static("invalid:1");
         if text.contains("://") {
@@ -540,7 +556,7 @@ impl Validator {
             _ => {
                 self.problem(
                     path,
-                    format!("{text:?} is not a host:port address, such as \"127.0.0.1:3000\" or \"app:8080\""),
+                    format!("{text:?} is not a host:port address, such as \"127.0.0.1:3000\" or \"app:8080\", nor unix:/path"),
                 );
                 fallback
             }

@@ -13,15 +13,15 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::uri::Authority;
 use http::{Request, Response, request};
 use http_body::{Body, Frame, SizeHint};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 
 use super::http1::{self, BackendConn, IdlePool};
-use crate::config::Protocol;
+use super::stream::BackendStream;
+use crate::config::{Protocol, UpstreamAddr};
 use crate::error::BoxError;
 use crate::http::{RequestBody, SetFields};
 use crate::sync::lock;
@@ -31,15 +31,18 @@ use crate::sync::lock;
 pub enum ClientError {
     #[error("connecting to {addr}: {source}")]
     Connect {
-        addr: Authority,
+        addr: UpstreamAddr,
         #[source]
         source: std::io::Error,
     },
     #[error("connecting to {addr}: no answer within {timeout:?}")]
-    ConnectTimeout { addr: Authority, timeout: Duration },
+    ConnectTimeout {
+        addr: UpstreamAddr,
+        timeout: Duration,
+    },
     #[error("HTTP handshake with {addr}: {source}")]
     Handshake {
-        addr: Authority,
+        addr: UpstreamAddr,
         #[source]
         source: hyper::Error,
     },
@@ -111,7 +114,7 @@ impl BackendBody {
 /// How the client connects and how long it keeps idle connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientSettings {
-    pub addr: Authority,
+    pub addr: UpstreamAddr,
     pub protocol: Protocol,
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
@@ -275,12 +278,28 @@ impl ClientState {
             .cloned()
     }
 
-    async fn connect(&self) -> Result<TcpStream, ClientError> {
+    async fn connect(&self) -> Result<BackendStream, ClientError> {
         let addr = &self.settings.addr;
         let timeout = self.settings.connect_timeout;
+        let tcp = match addr {
+            UpstreamAddr::Tcp(authority) => authority,
+            UpstreamAddr::Unix(path) => {
+                let stream = tokio::time::timeout(timeout, UnixStream::connect(path))
+                    .await
+                    .map_err(|_| ClientError::ConnectTimeout {
+                        addr: addr.clone(),
+                        timeout,
+                    })?
+                    .map_err(|source| ClientError::Connect {
+                        addr: addr.clone(),
+                        source,
+                    })?;
+                return Ok(BackendStream::Unix(stream));
+            }
+        };
         let connect = async {
-            let host = addr.host().trim_start_matches('[').trim_end_matches(']');
-            let port = addr.port_u16().unwrap_or(80);
+            let host = tcp.host().trim_start_matches('[').trim_end_matches(']');
+            let port = tcp.port_u16().unwrap_or(80);
             let mut last = None;
             for a in tokio::net::lookup_host((host, port)).await? {
                 match TcpStream::connect(a).await {
@@ -310,7 +329,7 @@ impl ClientState {
         if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
             tracing::debug!(error = %e, "TCP keepalive on a backend connection failed");
         }
-        Ok(stream)
+        Ok(BackendStream::Tcp(stream))
     }
 
     fn handshake_error(&self, source: hyper::Error) -> ClientError {

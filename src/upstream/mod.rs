@@ -8,12 +8,14 @@
 //! - `client`: the pooled keep-alive client: HTTP/1.1 connections of weir's own, or one shared
 //!   h2c connection on hyper's client.
 //! - `http1`: weir's HTTP/1.1 client side: codec, connection, idle pool.
+//! - `stream`: a backend connection over TCP or a Unix domain socket.
 
 mod client;
 mod forward;
 mod http1;
 mod response_body;
 mod rewrite;
+mod stream;
 
 pub use forward::{RequestHook, Upstream};
 pub use response_body::{BodyError, ResponseBody};

@@ -74,7 +74,7 @@ impl Upstream {
                 Protocol::Http1 => Uri::from(path),
                 Protocol::H2c => Uri::builder()
                     .scheme(Scheme::HTTP)
-                    .authority(settings.addr.clone())
+                    .authority(settings.addr.authority())
                     .path_and_query(path)
                     .build()
                     .map_err(|_| ProxyError::BadRequest("invalid request target"))?,

@@ -173,22 +173,73 @@ pub async fn spawn_backend() -> Backend {
     let s = Arc::clone(&stats);
     let task = tokio::spawn(async move {
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let s = Arc::clone(&s);
-            s.opened.send_modify(|v| *v += 1);
-            tokio::spawn(async move {
-                let stats = Arc::clone(&s);
-                let svc = service_fn(move |req| handle(Arc::clone(&s), req));
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-                stats.closed.send_modify(|v| *v += 1);
-            });
+            if let Ok((stream, _)) = listener.accept().await {
+                serve_backend_connection(stream, &s);
+            }
         }
     });
     Backend { addr, stats, task }
+}
+
+/// The backend of [`spawn_backend`] on a Unix domain socket (a fresh path under the temporary
+/// directory, removed when dropped).
+pub struct UnixBackend {
+    pub path: std::path::PathBuf,
+    pub stats: Arc<BackendStats>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for UnixBackend {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+pub async fn spawn_unix_backend() -> UnixBackend {
+    spawn_unix_backend_at(unix_socket_path()).await
+}
+
+/// A fresh socket path under the temporary directory.
+pub fn unix_socket_path() -> std::path::PathBuf {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    std::env::temp_dir().join(format!(
+        "weir-test-{}-{}.sock",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    ))
+}
+
+pub async fn spawn_unix_backend_at(path: std::path::PathBuf) -> UnixBackend {
+    let _ = std::fs::remove_file(&path);
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let stats = Arc::new(BackendStats::default());
+    let s = Arc::clone(&stats);
+    let task = tokio::spawn(async move {
+        loop {
+            if let Ok((stream, _)) = listener.accept().await {
+                serve_backend_connection(stream, &s);
+            }
+        }
+    });
+    UnixBackend { path, stats, task }
+}
+
+/// Serves one backend connection (HTTP/1.1 or h2c) on a task of its own.
+fn serve_backend_connection<S>(stream: S, stats: &Arc<BackendStats>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let s = Arc::clone(stats);
+    s.opened.send_modify(|v| *v += 1);
+    tokio::spawn(async move {
+        let stats = Arc::clone(&s);
+        let svc = service_fn(move |req| handle(Arc::clone(&s), req));
+        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(stream), svc)
+            .await;
+        stats.closed.send_modify(|v| *v += 1);
+    });
 }
 
 fn text(body: impl Into<Bytes>) -> Response<TestBody> {

@@ -23,7 +23,6 @@ use http::header::HeaderMap;
 use http::{Method, Response, request};
 use http_body::{Body as _, Frame, SizeHint};
 use tokio::io::AsyncWrite;
-use tokio::net::TcpStream;
 
 use super::codec::{
     Decode, Decoded, Error, Framing, Head, MAX_HEAD, Parsed, decode_body, encode_head,
@@ -34,6 +33,7 @@ use super::pool::{IdlePool, Reusable};
 /// The pool a backend connection returns to.
 pub(crate) type Home = IdlePool<Box<BackendConn>>;
 use crate::http::{RequestBody, SetFields};
+use crate::upstream::stream::BackendStream;
 
 /// How much room a read asks for at first; it doubles, up to `READ_MAX`, while reads fill it.
 const READ_CHUNK: usize = 8 * 1024;
@@ -62,7 +62,7 @@ pub(crate) enum SendError {
 
 /// One open connection to the backend, with its read and write buffers.
 pub(crate) struct BackendConn {
-    io: TcpStream,
+    io: BackendStream,
     /// Bytes read from the backend and not yet handed on.
     pub(super) buf: BytesMut,
     /// Bytes to write: the request head, then upload bytes with their framing.
@@ -76,7 +76,7 @@ pub(crate) struct BackendConn {
 impl BackendConn {
     /// Boxed: a connection passes from the pool to a request, into its response body and back
     /// on every exchange, and the box moves as one pointer.
-    pub(crate) fn new(io: TcpStream, home: Weak<Home>) -> Box<BackendConn> {
+    pub(crate) fn new(io: BackendStream, home: Weak<Home>) -> Box<BackendConn> {
         Box::new(BackendConn {
             io,
             buf: BytesMut::new(),

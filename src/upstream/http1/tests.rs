@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 use super::codec::*;
 use super::conn::BackendConn;
 use crate::http::SetFields;
+use crate::upstream::stream::BackendStream;
 
 /// No fields set.
 const NONE: SetFields<'static> = SetFields {
@@ -195,7 +196,10 @@ async fn decode_split(
         let (mut s, _) = listener.accept().await.unwrap();
         s.write_all(&raw[split..]).await.unwrap();
     });
-    let mut conn = BackendConn::new(TcpStream::connect(addr).await.unwrap(), Weak::new());
+    let mut conn = BackendConn::new(
+        BackendStream::Tcp(TcpStream::connect(addr).await.unwrap()),
+        Weak::new(),
+    );
     conn.buf.extend_from_slice(&raw[..split]);
     let mut decode = decode;
     let mut data = Vec::new();
