@@ -270,6 +270,10 @@ async fn follows_a_halving_and_a_doubling_and_shows_it() {
     assert_eq!(app["mode"], "auto");
     assert!(app["limit"].as_u64().unwrap() >= 20);
     assert!(app["baseline_ms"].as_f64().unwrap() >= 9.0);
+    // A point a second, recorded by the admin listener since it started.
+    let history = app["history"].as_array().unwrap();
+    assert!(!history.is_empty(), "{app}");
+    assert_eq!(history[0].as_array().unwrap().len(), 6, "{app}");
     let changes = app["changes"].as_array().unwrap();
     assert!(
         changes

@@ -22,7 +22,8 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use super::{metrics, status};
+use super::metrics;
+use super::status::{self, History};
 use crate::proxy::Proxy;
 
 /// The status page: it polls `/status` and draws it (inline SVG).
@@ -61,6 +62,8 @@ struct State {
     registry: Registry,
     health: Arc<Health>,
     proxy: Arc<Proxy>,
+    /// The last minutes of each upstream's figures, for the status page.
+    history: History,
 }
 
 impl Admin {
@@ -76,6 +79,7 @@ impl Admin {
                 registry,
                 health,
                 proxy,
+                history: History::default(),
             }),
         }
     }
@@ -87,6 +91,20 @@ impl Admin {
     /// Serves until `stop` is cancelled; open admin connections end with it.
     pub async fn serve(self, stop: CancellationToken) {
         let state = self.state;
+        let recorder = {
+            let (state, stop) = (Arc::clone(&state), stop.clone());
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tick.tick() => state.history.record(&state.proxy),
+                    }
+                }
+            })
+        };
+        let _recorder = AbortOnDrop(recorder);
         let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
             let (stream, _) = tokio::select! {
@@ -143,9 +161,21 @@ fn answer(req: &Request<Incoming>, state: &State) -> Response<Full<Bytes>> {
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if health.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-        "/status" => typed(status::render(&state.proxy), "application/json"),
+        "/status" => typed(
+            status::render(&state.proxy, &state.history),
+            "application/json",
+        ),
         "/" => typed(PAGE.as_bytes().to_vec(), "text/html; charset=utf-8"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Aborts a task when dropped: the history recorder ends with the admin listener.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
