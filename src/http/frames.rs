@@ -73,16 +73,17 @@ pub(crate) fn hint_after(before: u64, rest: SizeHint) -> SizeHint {
     hint
 }
 
+/// Helpers for tests of bodies made of frames.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
 
-    fn data(s: &'static str) -> Frame<Bytes> {
+    pub(crate) fn data(s: &'static str) -> Frame<Bytes> {
         Frame::data(Bytes::from_static(s.as_bytes()))
     }
 
     /// What a body made of `frames` sends, in order: data as text, trailers as their count.
-    fn drain(frames: &mut Frames) -> Vec<String> {
+    pub(crate) fn drain(frames: &mut Frames) -> Vec<String> {
         std::iter::from_fn(|| frames.pop_front())
             .map(|f| match f.into_data() {
                 Ok(d) => String::from_utf8_lossy(&d).into_owned(),
@@ -90,6 +91,12 @@ mod tests {
             })
             .collect()
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::*;
+    use super::*;
 
     #[test]
     fn frames_keep_their_order_whether_inline_or_queued() {

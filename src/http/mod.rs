@@ -12,6 +12,8 @@ mod request_body;
 pub use buffer::{BufferPool, Reservation};
 pub use downstream::{Downstream, ListenerInfo};
 pub use frames::Frames;
+#[cfg(test)]
+pub(crate) use frames::testing;
 pub(crate) use frames::{data_len, hint_after};
 pub(crate) use headers::{
     Forwarded, Scan, SetFields, has_token, remove_hop_by_hop, strip_hop_by_hop,

@@ -279,48 +279,29 @@ impl ClientState {
     }
 
     async fn connect(&self) -> Result<BackendStream, ClientError> {
-        let addr = &self.settings.addr;
-        let timeout = self.settings.connect_timeout;
-        let tcp = match addr {
+        let tcp = match &self.settings.addr {
             UpstreamAddr::Tcp(authority) => authority,
             UpstreamAddr::Unix(path) => {
-                let stream = tokio::time::timeout(timeout, UnixStream::connect(path))
-                    .await
-                    .map_err(|_| ClientError::ConnectTimeout {
-                        addr: addr.clone(),
-                        timeout,
-                    })?
-                    .map_err(|source| ClientError::Connect {
-                        addr: addr.clone(),
-                        source,
-                    })?;
+                let stream = self.within_timeout(UnixStream::connect(path)).await?;
                 return Ok(BackendStream::Unix(stream));
             }
         };
-        let connect = async {
-            let host = tcp.host().trim_start_matches('[').trim_end_matches(']');
-            let port = tcp.port_u16().unwrap_or(80);
-            let mut last = None;
-            for a in tokio::net::lookup_host((host, port)).await? {
-                match TcpStream::connect(a).await {
-                    Ok(stream) => return Ok(stream),
-                    Err(e) => last = Some(e),
+        let stream = self
+            .within_timeout(async {
+                let host = tcp.host().trim_start_matches('[').trim_end_matches(']');
+                let port = tcp.port_u16().unwrap_or(80);
+                let mut last = None;
+                for a in tokio::net::lookup_host((host, port)).await? {
+                    match TcpStream::connect(a).await {
+                        Ok(stream) => return Ok(stream),
+                        Err(e) => last = Some(e),
+                    }
                 }
-            }
-            Err(last.unwrap_or_else(|| {
-                std::io::Error::new(std::io::ErrorKind::NotFound, "the name has no address")
-            }))
-        };
-        let stream = tokio::time::timeout(timeout, connect)
-            .await
-            .map_err(|_| ClientError::ConnectTimeout {
-                addr: addr.clone(),
-                timeout,
-            })?
-            .map_err(|source| ClientError::Connect {
-                addr: addr.clone(),
-                source,
-            })?;
+                Err(last.unwrap_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "the name has no address")
+                }))
+            })
+            .await?;
         // Small requests and answers go out at once; dead peers are found by the kernel.
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "set_nodelay on a backend connection failed");
@@ -330,6 +311,24 @@ impl ClientState {
             tracing::debug!(error = %e, "TCP keepalive on a backend connection failed");
         }
         Ok(BackendStream::Tcp(stream))
+    }
+
+    /// `connect` under `connect_timeout`, its failure named with the backend's address.
+    async fn within_timeout<S>(
+        &self,
+        connect: impl std::future::Future<Output = std::io::Result<S>>,
+    ) -> Result<S, ClientError> {
+        let (addr, timeout) = (&self.settings.addr, self.settings.connect_timeout);
+        tokio::time::timeout(timeout, connect)
+            .await
+            .map_err(|_| ClientError::ConnectTimeout {
+                addr: addr.clone(),
+                timeout,
+            })?
+            .map_err(|source| ClientError::Connect {
+                addr: addr.clone(),
+                source,
+            })
     }
 
     fn handshake_error(&self, source: hyper::Error) -> ClientError {

@@ -257,20 +257,7 @@ impl Body for ResponseBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn data(s: &'static str) -> Frame<Bytes> {
-        Frame::data(Bytes::from_static(s.as_bytes()))
-    }
-
-    /// What a body made of `frames` sends, in order: data as text, trailers as their count.
-    fn drain(frames: &mut Frames) -> Vec<String> {
-        std::iter::from_fn(|| frames.pop_front())
-            .map(|f| match f.into_data() {
-                Ok(d) => String::from_utf8_lossy(&d).into_owned(),
-                Err(f) => format!("trailers:{}", f.into_trailers().map_or(0, |t| t.len())),
-            })
-            .collect()
-    }
+    use crate::http::testing::{data, drain};
 
     /// What `body` sends, in order, as [`drain`] writes it.
     async fn sent(mut body: ResponseBody) -> Vec<String> {

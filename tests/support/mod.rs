@@ -216,10 +216,8 @@ pub async fn spawn_unix_backend_at(path: std::path::PathBuf) -> UnixBackend {
     let stats = Arc::new(BackendStats::default());
     let s = Arc::clone(&stats);
     let task = tokio::spawn(async move {
-        loop {
-            if let Ok((stream, _)) = listener.accept().await {
-                serve_backend_connection(stream, &s);
-            }
+        while let Ok((stream, _)) = listener.accept().await {
+            serve_backend_connection(stream, &s);
         }
     });
     UnixBackend { path, stats, task }
