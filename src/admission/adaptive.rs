@@ -2,23 +2,27 @@
 //! backend can take at once, from what weir sees of it, and follows it as it changes.
 //!
 //! The signal is the time from sending a request to its response head (queue wait excluded),
-//! recorded per exchange with a few relaxed atomic operations ([`Samples`]). Every [`WINDOW`]
-//! the controller compares the window's mean latency (the *sample*) with the *baseline*, the
-//! lowest latency seen while the backend had no queue of weir's making, and moves the limit:
+//! recorded per exchange as two additions to the thread's own counters ([`Samples`]). Every
+//! [`WINDOW`] the controller compares the window's mean latency (the *sample*) with the
+//! *baseline*, the latency of the backend without a queue of weir's making, and estimates how
+//! many of weir's requests wait inside the backend (TCP Vegas' estimate): the window's backend
+//! concurrency (Little's law: the latencies' sum over the window's length) times the share of
+//! the sample above the baseline. It keeps that queue within a band of about √limit / 4
+//! requests ([`queue_band`]), and moves the limit:
 //!
-//! - latency within [`GROW_BELOW`] of the baseline while requests had to wait for a slot: the
-//!   backend has room, the limit grows by about √limit / 3, √limit / 2 while it shows no queue
-//!   at all (additive increase);
-//! - latency above [`SHRINK_ABOVE`]: requests queue inside the backend, the limit shrinks toward
-//!   the concurrency that would bring latency back under `GROW_BELOW`, by at most a quarter per
-//!   window (multiplicative decrease);
+//! - below the band while requests had to wait for a slot: the backend has room, the limit grows
+//!   by about √limit / 3, √limit / 2 while it shows no queue at all (additive increase);
+//! - above the band (and the sample more than [`MIN_RATIO`] above the baseline): requests queue
+//!   inside the backend, the limit shrinks by the excess, by at most a quarter per window
+//!   (multiplicative decrease);
 //! - backend errors (5xx, resets, failed connects, deadlines) shrink it too, in proportion to
 //!   their share of the window: a backend that fails fast does not look healthy;
 //! - otherwise it holds.
 //!
 //! Additive increase with multiplicative decrease is what makes several weirs in front of one
 //! backend converge to equal shares without knowing of each other (as TCP flows share a link):
-//! they see the same latency, so they shrink by the same factor and grow by the same step.
+//! they see the same latency, so they shrink by the same factor and grow by the same step, and
+//! the one holding more of the backend's queue gives way first.
 //!
 //! What keeps the baseline honest:
 //! - only windows in which no request waited for a slot (weir was not the one keeping the
@@ -30,8 +34,8 @@
 //!   pinned to the floor, and the waiting requests stay in weir's queue.
 //! - the baseline is the lowest of those latencies over the last [`BASELINE_HORIZON`]; it never
 //!   rises for sustained load alone;
-//! - when shrinking the limit by half did not bring latency down within [`REBASE_AFTER`]
-//!   windows, the backend itself got slower (a deploy, a slow database): the baseline is
+//! - when shrinking the limit by half did not bring latency below [`REBASE_RATIO`] times the
+//!   baseline within [`REBASE_AFTER`] windows, the backend itself got slower (a deploy, a slow database): the baseline is
 //!   measured afresh.
 //!
 //! When weir does not use its limit (no request waited), the limit neither grows nor falls
