@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -39,10 +39,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+use support::Workers;
+
 /// Goodput and the limit are recorded in buckets of this length.
 const BUCKET: Duration = Duration::from_millis(250);
-/// A waiting request slows those in service by this share.
-const CONTENTION: f64 = 0.02;
 
 fn main() {
     let args: Vec<String> = std::env::args()
@@ -67,63 +69,22 @@ fn main() {
     }
 }
 
-struct Workers {
-    permits: Semaphore,
-    slots: AtomicUsize,
-    retire: AtomicUsize,
-    waiting: AtomicUsize,
-    served: AtomicU64,
-    service: Duration,
-}
+/// The stepping backend: [`Workers`] behind `/`, with its controls.
+struct Backend(Workers);
 
-impl Workers {
-    fn set_slots(&self, n: usize) {
-        let old = self.slots.swap(n, Ordering::SeqCst);
-        if n > old {
-            let retiring = self.retire.swap(0, Ordering::SeqCst);
-            self.permits.add_permits((n - old).saturating_sub(retiring));
-            self.retire
-                .fetch_add(retiring.saturating_sub(n - old), Ordering::SeqCst);
-        } else {
-            let taken = self.permits.forget_permits(old - n);
-            self.retire.fetch_add(old - n - taken, Ordering::SeqCst);
-        }
-    }
-
+impl Backend {
     async fn serve(&self, path: &str) -> Response<Full<Bytes>> {
         if let Some(n) = path.strip_prefix("/_slots/") {
             if let Ok(n) = n.parse() {
-                self.set_slots(n);
+                self.0.set_slots(n);
             }
             return Response::new(Full::new(Bytes::from(format!("{n}\n"))));
         }
         if path == "/_served" {
-            let n = self.served.load(Ordering::SeqCst);
+            let n = self.0.served.load(Ordering::SeqCst);
             return Response::new(Full::new(Bytes::from(format!("{n}\n"))));
         }
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        // Counted down however the request ends (the client may give up while it waits).
-        struct Waiting<'a>(&'a AtomicUsize);
-        impl Drop for Waiting<'_> {
-            fn drop(&mut self) {
-                self.0.fetch_sub(1, Ordering::SeqCst);
-            }
-        }
-        let waiting = Waiting(&self.waiting);
-        let Ok(worker) = self.permits.acquire().await else {
-            return Response::new(Full::default());
-        };
-        drop(waiting);
-        let queue = self.waiting.load(Ordering::SeqCst) as f64;
-        tokio::time::sleep(self.service.mul_f64(1.0 + CONTENTION * queue)).await;
-        self.served.fetch_add(1, Ordering::SeqCst);
-        let retired = self
-            .retire
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| r.checked_sub(1))
-            .is_ok();
-        if retired {
-            worker.forget();
-        }
+        self.0.work().await;
         Response::new(Full::new(Bytes::from_static(b"ok\n")))
     }
 }
@@ -132,14 +93,10 @@ async fn backend(args: &[String]) {
     let addr: SocketAddr = args[0].parse().expect("ADDR");
     let slots: usize = args[1].parse().expect("SLOTS");
     let service_ms: u64 = args.get(2).map_or(20, |s| s.parse().expect("SERVICE_MS"));
-    let workers = Arc::new(Workers {
-        permits: Semaphore::new(slots),
-        slots: AtomicUsize::new(slots),
-        retire: AtomicUsize::new(0),
-        waiting: AtomicUsize::new(0),
-        served: AtomicU64::new(0),
-        service: Duration::from_millis(service_ms),
-    });
+    let workers = Arc::new(Backend(Workers::new(
+        slots,
+        Duration::from_millis(service_ms),
+    )));
     let listener = TcpListener::bind(addr).await.expect("bind");
     loop {
         let Ok((stream, _)) = listener.accept().await else {

@@ -7,7 +7,7 @@ mod support;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,23 +17,13 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::*;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
-/// A backend of `slots` workers, `service` each. Requests beyond them wait inside it, and each
-/// waiting request slows the ones in service by 2% (contention): throughput falls as requests
-/// pile up. The number of slots can change while it runs; `failing` makes it answer 500 at once.
+/// A backend of changeable [`Workers`] on a socket of its own; `failing` makes it answer 500 at
+/// once.
 struct Capacity {
     addr: SocketAddr,
-    workers: Semaphore,
-    slots: AtomicUsize,
-    /// Permits to take out of service as they come back (the capacity was lowered while busy).
-    retire: AtomicUsize,
-    waiting: AtomicUsize,
-    in_service: AtomicUsize,
-    peak: AtomicUsize,
-    served: AtomicU64,
+    workers: Workers,
     failing: AtomicBool,
-    service: Duration,
 }
 
 impl Capacity {
@@ -41,15 +31,8 @@ impl Capacity {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let backend = Arc::new(Capacity {
             addr: listener.local_addr().unwrap(),
-            workers: Semaphore::new(slots),
-            slots: AtomicUsize::new(slots),
-            retire: AtomicUsize::new(0),
-            waiting: AtomicUsize::new(0),
-            in_service: AtomicUsize::new(0),
-            peak: AtomicUsize::new(0),
-            served: AtomicU64::new(0),
+            workers: Workers::new(slots, service),
             failing: AtomicBool::new(false),
-            service,
         });
         let b = Arc::clone(&backend);
         tokio::spawn(async move {
@@ -75,48 +58,12 @@ impl Capacity {
             *r.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
             return r;
         }
-        self.waiting.fetch_add(1, Ordering::SeqCst);
-        let permit = self.workers.acquire().await;
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        let Ok(permit) = permit else {
-            return Response::new(Full::default());
-        };
-        let now = self.in_service.fetch_add(1, Ordering::SeqCst) + 1;
-        self.peak.fetch_max(now, Ordering::SeqCst);
-        let contention = 1.0 + 0.02 * self.waiting.load(Ordering::SeqCst) as f64;
-        tokio::time::sleep(self.service.mul_f64(contention)).await;
-        self.in_service.fetch_sub(1, Ordering::SeqCst);
-        self.served.fetch_add(1, Ordering::SeqCst);
-        let retired = self
-            .retire
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| r.checked_sub(1))
-            .is_ok();
-        if retired {
-            permit.forget();
-        }
+        self.workers.work().await;
         Response::new(Full::new(Bytes::from_static(b"ok\n")))
     }
 
-    /// Changes the number of workers: more at once, fewer as busy ones finish.
-    fn set_slots(&self, n: usize) {
-        let old = self.slots.swap(n, Ordering::SeqCst);
-        if n > old {
-            let mut add = n - old;
-            // Cancel retirements still pending first.
-            while add > 0
-                && self
-                    .retire
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| r.checked_sub(1))
-                    .is_ok()
-            {
-                add -= 1;
-            }
-            self.workers.add_permits(add);
-        } else {
-            let take = old - n;
-            let taken = self.workers.forget_permits(take);
-            self.retire.fetch_add(take - taken, Ordering::SeqCst);
-        }
+    fn served(&self) -> u64 {
+        self.workers.served.load(Ordering::SeqCst)
     }
 }
 
@@ -240,7 +187,7 @@ async fn follows_a_halving_and_a_doubling_and_shows_it() {
     let backend = Capacity::start(16, Duration::from_millis(10)).await;
     let weir = spawn_weir(&auto(backend.addr, "initial_concurrency = 16")).await;
     let load = Load::start(weir.url("/"), 60);
-    backend.set_slots(8);
+    backend.workers.set_slots(8);
     until_limit(&weir, "the limit to follow the backend down to 8", |l| {
         l <= 11
     })
@@ -255,7 +202,7 @@ async fn follows_a_halving_and_a_doubling_and_shows_it() {
             &[("upstream", "app"), ("direction", "down")]
         ) >= 1.0
     );
-    backend.set_slots(24);
+    backend.workers.set_slots(24);
     until_limit(&weir, "the limit to follow the backend up to 24", |l| {
         l >= 20
     })
@@ -303,11 +250,8 @@ async fn sheds_nothing_below_capacity() {
     let weir = spawn_weir(&auto(backend.addr, "initial_concurrency = 16")).await;
     // Half the backend's workers busy, all the time: nothing has to wait.
     let load = Load::start(weir.url("/"), 8);
-    let target = backend.served.load(Ordering::SeqCst) + 400;
-    until("400 answers", || {
-        backend.served.load(Ordering::SeqCst) >= target
-    })
-    .await;
+    let target = backend.served() + 400;
+    until("400 answers", || backend.served() >= target).await;
     let (ok, shed, other, lost) = load.stop().await;
     assert!(ok >= 400);
     assert_eq!((shed, other, lost), (0, 0, 0));
@@ -365,9 +309,9 @@ async fn reload_between_auto_and_fixed_drops_nothing() {
         .unwrap();
     assert_eq!(limit(&weir), 3);
     // The controller stops: the fixed limit holds while the load goes on.
-    let served = backend.served.load(Ordering::SeqCst);
+    let served = backend.served();
     until("100 answers at the fixed limit", || {
-        backend.served.load(Ordering::SeqCst) >= served + 100
+        backend.served() >= served + 100
     })
     .await;
     assert_eq!(limit(&weir), 3);
@@ -400,18 +344,15 @@ async fn two_weirs_share_one_backend_fairly() {
     let load_a = Load::start(a.url("/"), 48);
     let load_b = Load::start(b.url("/"), 48);
     // Time to settle, counted in the backend's own answers (about six seconds' worth).
-    let settle = backend.served.load(Ordering::SeqCst) + 6 * 1600;
-    until("the two weirs to settle", || {
-        backend.served.load(Ordering::SeqCst) >= settle
-    })
-    .await;
+    let settle = backend.served() + 6 * 1600;
+    until("the two weirs to settle", || backend.served() >= settle).await;
     let (ok_a0, ok_b0) = (
         load_a.ok.load(Ordering::SeqCst),
         load_b.ok.load(Ordering::SeqCst),
     );
-    let measure = backend.served.load(Ordering::SeqCst) + 4 * 1600;
+    let measure = backend.served() + 4 * 1600;
     until("four seconds of the backend's answers", || {
-        backend.served.load(Ordering::SeqCst) >= measure
+        backend.served() >= measure
     })
     .await;
     let x = (load_a.ok.load(Ordering::SeqCst) - ok_a0) as f64;

@@ -545,3 +545,80 @@ pub async fn scrape(admin: SocketAddr) -> Metrics {
     let lines = text.lines().map(|l| Ok(l.to_string()));
     Metrics(prometheus_parse::Scrape::parse(lines).expect("the exposition parses"))
 }
+
+/// A backend's workers, whose number can change while it runs: a request takes one for
+/// `service`, slowed by 2% for every request waiting for a worker (contention, so that
+/// throughput falls as requests pile up); when the number drops, busy workers retire as they
+/// finish. The adaptive limit's tests and bench/capacity.rs serve with it.
+pub struct Workers {
+    permits: Semaphore,
+    slots: AtomicUsize,
+    /// Permits to take out of service as they come back.
+    retire: AtomicUsize,
+    waiting: AtomicUsize,
+    in_service: AtomicUsize,
+    /// Most requests in service at once.
+    pub peak: AtomicUsize,
+    /// Requests served.
+    pub served: std::sync::atomic::AtomicU64,
+    service: Duration,
+}
+
+impl Workers {
+    pub fn new(slots: usize, service: Duration) -> Workers {
+        Workers {
+            permits: Semaphore::new(slots),
+            slots: AtomicUsize::new(slots),
+            retire: AtomicUsize::new(0),
+            waiting: AtomicUsize::new(0),
+            in_service: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            served: Default::default(),
+            service,
+        }
+    }
+
+    /// Changes the number of workers: more at once, fewer as busy ones finish.
+    pub fn set_slots(&self, n: usize) {
+        let old = self.slots.swap(n, Ordering::SeqCst);
+        if n > old {
+            let retiring = self.retire.swap(0, Ordering::SeqCst);
+            self.permits.add_permits((n - old).saturating_sub(retiring));
+            self.retire
+                .fetch_add(retiring.saturating_sub(n - old), Ordering::SeqCst);
+        } else {
+            let taken = self.permits.forget_permits(old - n);
+            self.retire.fetch_add(old - n - taken, Ordering::SeqCst);
+        }
+    }
+
+    /// Serves one request: waits for a worker (counted as waiting until it has one, however
+    /// the wait ends), then works.
+    pub async fn work(&self) {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let waiting = Waiting(&self.waiting);
+        let Ok(worker) = self.permits.acquire().await else {
+            return;
+        };
+        drop(waiting);
+        let now = self.in_service.fetch_add(1, Ordering::SeqCst) + 1;
+        self.peak.fetch_max(now, Ordering::SeqCst);
+        let queue = self.waiting.load(Ordering::SeqCst) as f64;
+        tokio::time::sleep(self.service.mul_f64(1.0 + 0.02 * queue)).await;
+        self.in_service.fetch_sub(1, Ordering::SeqCst);
+        self.served.fetch_add(1, Ordering::SeqCst);
+        let retired = self
+            .retire
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |r| r.checked_sub(1))
+            .is_ok();
+        if retired {
+            worker.forget();
+        }
+    }
+}
