@@ -166,6 +166,8 @@ pub struct UpstreamConfig {
     pub request_buffer: u64,
     /// What happens to a body larger than `request_buffer`.
     pub oversized_body: OversizedBody,
+    /// TLS to the backend (`tls = true` or a table), when it speaks HTTPS.
+    pub tls: Option<UpstreamTls>,
     /// Responses up to this size are read whole from the backend, as fast as it sends them, so
     /// its slot is freed while a slow client is still being served; 0 streams every response.
     pub response_buffer: u64,
@@ -198,6 +200,17 @@ impl fmt::Display for UpstreamAddr {
             UpstreamAddr::Unix(p) => write!(f, "unix:{}", p.display()),
         }
     }
+}
+
+/// TLS to an upstream: its certificate is verified against `ca` (or Mozilla's roots, which come
+/// with weir) for `server_name` (or the address's host); `cert` and `key` are weir's client
+/// certificate, for mTLS. Relative paths are resolved against the configuration file's folder.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UpstreamTls {
+    pub ca: Option<PathBuf>,
+    pub server_name: Option<String>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
 }
 
 /// How many requests an upstream takes on at once (`max_concurrency`).
@@ -339,6 +352,16 @@ impl Config {
             if let UpstreamAddr::Unix(p) = &mut u.addr {
                 if p.is_relative() {
                     *p = base.join(&*p);
+                }
+            }
+            if let Some(tls) = &mut u.tls {
+                for p in [&mut tls.ca, &mut tls.cert, &mut tls.key]
+                    .into_iter()
+                    .flatten()
+                {
+                    if p.is_relative() {
+                        *p = base.join(&*p);
+                    }
                 }
             }
         }

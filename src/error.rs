@@ -23,6 +23,8 @@ pub enum ProxyError {
     UpstreamTimeout,
     #[error("cannot connect to the upstream")]
     UpstreamConnect(#[source] BoxError),
+    #[error("the TLS handshake with the upstream failed")]
+    UpstreamTls(#[source] BoxError),
     #[error("the upstream connection was closed or reset")]
     UpstreamReset(#[source] BoxError),
     #[error("the upstream broke the HTTP protocol")]
@@ -81,6 +83,7 @@ impl ProxyError {
             ProxyError::QueueTimeout => Reason::QueueTimeout,
             ProxyError::UpstreamTimeout => Reason::Deadline,
             ProxyError::UpstreamConnect(_) => Reason::UpstreamConnect,
+            ProxyError::UpstreamTls(_) => Reason::UpstreamTls,
             ProxyError::UpstreamReset(_) => Reason::UpstreamReset,
             ProxyError::UpstreamProtocol(_) => Reason::UpstreamProtocol,
             ProxyError::BadRequest(_) => Reason::BadRequest,
@@ -96,6 +99,7 @@ impl ProxyError {
         match self {
             ProxyError::UpstreamTimeout => Some(UpstreamErrorKind::Timeout),
             ProxyError::UpstreamConnect(_) => Some(UpstreamErrorKind::Connect),
+            ProxyError::UpstreamTls(_) => Some(UpstreamErrorKind::Tls),
             ProxyError::UpstreamReset(_) => Some(UpstreamErrorKind::Reset),
             ProxyError::UpstreamProtocol(_) => Some(UpstreamErrorKind::Protocol),
             _ => None,
@@ -111,6 +115,7 @@ impl ProxyError {
             }
             ProxyError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
             ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamTls(_)
             | ProxyError::UpstreamReset(_)
             | ProxyError::UpstreamProtocol(_) => (StatusCode::BAD_GATEWAY, "upstream error\n"),
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) => {

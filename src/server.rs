@@ -17,7 +17,7 @@ use crate::ops::admin::{Admin, Health};
 use crate::ops::metrics;
 use crate::proxy::Proxy;
 use crate::sync::lock;
-use crate::upstream::{RequestHook, Upstream};
+use crate::upstream::{RequestHook, Upstream, UpstreamTlsError, check_upstream_tls};
 
 /// A failure to start.
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +27,12 @@ pub enum StartError {
         name: String,
         #[source]
         source: TlsError,
+    },
+    #[error("upstream {name:?}: {source}")]
+    UpstreamTls {
+        name: String,
+        #[source]
+        source: UpstreamTlsError,
     },
     #[error("listener {name:?}: cannot bind {addr}: {source}")]
     Bind {
@@ -243,7 +249,14 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 /// Loads the TLS files of every listener, so that a bad file stops startup before any port is bound.
+/// Also loads every upstream's TLS settings (reporting the first problem), though it keeps only
+/// the listeners'.
 pub fn load_tls(config: &Config) -> Result<Vec<Option<Tls>>, StartError> {
+    if let Err(problems) = check_upstream_tls(config) {
+        if let Some((name, source)) = problems.into_iter().next() {
+            return Err(StartError::UpstreamTls { name, source });
+        }
+    }
     config
         .listeners
         .iter()
@@ -295,7 +308,14 @@ impl Reloader {
     /// refuses the whole reload.
     pub fn apply(&self, new: Config) -> Result<Vec<String>, ReloadError> {
         // Certificates first: the one step that can still fail.
-        let tls_errors = self.reload_tls();
+        let mut tls_errors = self.reload_tls();
+        if let Err(problems) = check_upstream_tls(&new) {
+            tls_errors.extend(
+                problems
+                    .into_iter()
+                    .map(|(name, source)| StartError::UpstreamTls { name, source }),
+            );
+        }
         if !tls_errors.is_empty() {
             self.live.reloads.count(false);
             return Err(ReloadError::Tls(tls_errors));

@@ -132,6 +132,8 @@ pub(super) struct RawUpstream {
     pub(super) min_concurrency: Option<i64>,
     pub(super) initial_concurrency: Option<i64>,
     pub(super) max_concurrency_limit: Option<i64>,
+    /// `true`, or a table of [`RawUpstreamTls`].
+    pub(super) tls: Option<toml::Value>,
     pub(super) max_queue: Option<i64>,
     pub(super) queue_timeout: Option<String>,
     pub(super) request_timeout: Option<String>,
@@ -150,4 +152,14 @@ pub(super) struct RawRoute {
     pub(super) host: Option<String>,
     pub(super) path_prefix: Option<String>,
     pub(super) upstream: String,
+}
+
+/// `tls = { ... }` on an upstream.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawUpstreamTls {
+    pub(super) ca: Option<PathBuf>,
+    pub(super) server_name: Option<String>,
+    pub(super) cert: Option<PathBuf>,
+    pub(super) key: Option<PathBuf>,
 }

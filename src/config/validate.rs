@@ -331,8 +331,12 @@ impl Validator {
     fn upstream(&mut self, i: usize, raw: RawUpstream) -> UpstreamConfig {
         let at = |key: &str| format!("upstream[{i}].{key}");
         let limit = self.limit(&at, &raw);
+        let tls = self.upstream_tls(&at, raw.tls.clone());
         let name = self.name(at("name"), raw.name);
         let addr = self.upstream_addr(at("addr"), &raw.addr);
+        if tls.is_some() && matches!(addr, UpstreamAddr::Unix(_)) {
+            self.problem(at("tls"), "TLS to a unix: address is not supported");
+        }
         let max_queue = self.count(
             at("max_queue"),
             raw.max_queue,
@@ -391,6 +395,7 @@ impl Validator {
             addr,
             protocol: raw.protocol.unwrap_or(Protocol::Http1),
             limit,
+            tls,
             max_queue,
             queue_timeout,
             request_timeout,
@@ -518,6 +523,52 @@ impl Validator {
             host,
             path_prefix: raw.path_prefix,
             upstream,
+        })
+    }
+
+    /// `tls = true`, `false`, or `{ ca, server_name, cert, key }`.
+    fn upstream_tls(
+        &mut self,
+        at: &impl Fn(&str) -> String,
+        raw: Option<toml::Value>,
+    ) -> Option<UpstreamTls> {
+        let table: RawUpstreamTls = match raw? {
+            toml::Value::Boolean(true) => return Some(UpstreamTls::default()),
+            toml::Value::Boolean(false) => return None,
+            toml::Value::Table(t) => match toml::Value::Table(t).try_into() {
+                Ok(t) => t,
+                Err(e) => {
+                    self.problem(at("tls"), e.to_string().trim().to_string());
+                    return None;
+                }
+            },
+            other => {
+                self.problem(
+                    at("tls"),
+                    format!("{other} is not TLS settings: write true, or {{ ca = \"...\", server_name = \"...\", cert = \"...\", key = \"...\" }}"),
+                );
+                return None;
+            }
+        };
+        if table.cert.is_some() != table.key.is_some() {
+            self.problem(
+                at("tls"),
+                "cert and key go together (weir's client certificate, for mTLS)",
+            );
+        }
+        if let Some(name) = &table.server_name {
+            if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+                self.problem(
+                    at("tls.server_name"),
+                    format!("{name:?} is not a DNS name or an IP address"),
+                );
+            }
+        }
+        Some(UpstreamTls {
+            ca: table.ca,
+            server_name: table.server_name,
+            cert: table.cert,
+            key: table.key,
         })
     }
 

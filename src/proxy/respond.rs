@@ -61,6 +61,7 @@ mod tests {
             (ProxyError::QueueTimeout, 503),
             (ProxyError::UpstreamTimeout, 504),
             (ProxyError::UpstreamConnect(io()), 502),
+            (ProxyError::UpstreamTls(io()), 502),
             (ProxyError::UpstreamReset(io()), 502),
             (ProxyError::UpstreamProtocol(io()), 502),
             (ProxyError::BadRequest("x"), 400),

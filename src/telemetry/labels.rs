@@ -12,6 +12,8 @@ pub enum Reason {
     /// The client went away while its request was queued or in flight.
     ClientGone,
     UpstreamConnect,
+    /// The TLS handshake with the backend failed (its certificate, mostly).
+    UpstreamTls,
     UpstreamReset,
     UpstreamProtocol,
     NoRoute,
@@ -26,12 +28,13 @@ pub enum Reason {
 }
 
 impl Reason {
-    pub const ALL: [Reason; 13] = [
+    pub const ALL: [Reason; 14] = [
         Reason::QueueFull,
         Reason::QueueTimeout,
         Reason::Deadline,
         Reason::ClientGone,
         Reason::UpstreamConnect,
+        Reason::UpstreamTls,
         Reason::UpstreamReset,
         Reason::UpstreamProtocol,
         Reason::NoRoute,
@@ -49,6 +52,7 @@ impl Reason {
             Reason::Deadline => "deadline",
             Reason::ClientGone => "client_gone",
             Reason::UpstreamConnect => "upstream_connect",
+            Reason::UpstreamTls => "upstream_tls",
             Reason::UpstreamReset => "upstream_reset",
             Reason::UpstreamProtocol => "upstream_protocol",
             Reason::NoRoute => "no_route",
@@ -65,6 +69,8 @@ impl Reason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamErrorKind {
     Connect,
+    /// The TLS handshake failed.
+    Tls,
     /// The deadline fired, before or during the response.
     Timeout,
     /// The connection closed or was reset mid-exchange.
@@ -74,8 +80,9 @@ pub enum UpstreamErrorKind {
 }
 
 impl UpstreamErrorKind {
-    pub const ALL: [UpstreamErrorKind; 4] = [
+    pub const ALL: [UpstreamErrorKind; 5] = [
         UpstreamErrorKind::Connect,
+        UpstreamErrorKind::Tls,
         UpstreamErrorKind::Timeout,
         UpstreamErrorKind::Reset,
         UpstreamErrorKind::Protocol,
@@ -84,6 +91,7 @@ impl UpstreamErrorKind {
     pub fn as_str(self) -> &'static str {
         match self {
             UpstreamErrorKind::Connect => "connect",
+            UpstreamErrorKind::Tls => "tls",
             UpstreamErrorKind::Timeout => "timeout",
             UpstreamErrorKind::Reset => "reset",
             UpstreamErrorKind::Protocol => "protocol",

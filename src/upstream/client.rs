@@ -8,6 +8,7 @@
 //! connection, and does no hashing, no key comparison and no task spawn per request.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -21,7 +22,8 @@ use tokio::net::{TcpStream, UnixStream};
 
 use super::http1::{self, BackendConn, IdlePool};
 use super::stream::BackendStream;
-use crate::config::{Protocol, UpstreamAddr};
+use super::tls::Handshake;
+use crate::config::{Protocol, UpstreamAddr, UpstreamTls};
 use crate::error::BoxError;
 use crate::http::{RequestBody, SetFields};
 use crate::sync::lock;
@@ -39,6 +41,12 @@ pub enum ClientError {
     ConnectTimeout {
         addr: UpstreamAddr,
         timeout: Duration,
+    },
+    #[error("TLS handshake with {addr}: {source}")]
+    Tls {
+        addr: UpstreamAddr,
+        #[source]
+        source: std::io::Error,
     },
     #[error("HTTP handshake with {addr}: {source}")]
     Handshake {
@@ -119,6 +127,8 @@ pub struct ClientSettings {
     pub connect_timeout: Duration,
     pub idle_timeout: Duration,
     pub max_idle: usize,
+    /// TLS to the backend, when it speaks HTTPS.
+    pub tls: Option<UpstreamTls>,
 }
 
 /// The pooled client of one upstream. Cloning shares the pool.
@@ -136,6 +146,11 @@ struct ClientState {
     h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
     /// Serializes opening the h2c connection, so a burst opens one, not one per request.
     h2_connecting: tokio::sync::Mutex<()>,
+    /// TLS: the loaded client settings, or why they could not be loaded (checked at start and
+    /// on reload, so this is only a file changed in between).
+    tls: Option<Result<Handshake, String>>,
+    /// When a failed TLS handshake was last logged at warn level, in seconds since `UNIX_EPOCH`.
+    tls_warned: AtomicU64,
 }
 
 impl std::fmt::Debug for ClientState {
@@ -148,12 +163,17 @@ impl std::fmt::Debug for ClientState {
 
 impl Client {
     pub fn new(settings: ClientSettings) -> Client {
+        let tls = settings.tls.as_ref().map(|tls| {
+            Handshake::load(tls, &settings.addr, settings.protocol).map_err(|e| e.to_string())
+        });
         Client {
             state: Arc::new(ClientState {
                 idle: Arc::new(IdlePool::new(settings.max_idle, settings.idle_timeout)),
                 settings,
                 h2: Mutex::new(None),
                 h2_connecting: tokio::sync::Mutex::new(()),
+                tls,
+                tls_warned: AtomicU64::new(0),
             }),
         }
     }
@@ -310,7 +330,59 @@ impl ClientState {
         if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
             tracing::debug!(error = %e, "TCP keepalive on a backend connection failed");
         }
-        Ok(BackendStream::Tcp(stream))
+        match &self.tls {
+            None => Ok(BackendStream::Tcp(stream)),
+            Some(tls) => self.tls_handshake(tls, stream).await,
+        }
+    }
+
+    /// The TLS handshake on a new backend connection, under `connect_timeout`. A failure (an
+    /// expired certificate, a wrong name, an unknown CA) is logged at warn level at most every
+    /// ten seconds per upstream, and at debug level otherwise.
+    async fn tls_handshake(
+        &self,
+        tls: &Result<Handshake, String>,
+        stream: TcpStream,
+    ) -> Result<BackendStream, ClientError> {
+        let addr = &self.settings.addr;
+        let handshake = match tls {
+            Ok(h) => h,
+            Err(reason) => {
+                let source = std::io::Error::other(format!("TLS settings unusable: {reason}"));
+                return Err(ClientError::Tls {
+                    addr: addr.clone(),
+                    source,
+                });
+            }
+        };
+        let connect = handshake
+            .connector
+            .connect(handshake.server_name.clone(), stream);
+        let timeout = self.settings.connect_timeout;
+        let result = match tokio::time::timeout(timeout, connect).await {
+            Ok(r) => r,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no TLS handshake within {timeout:?}"),
+            )),
+        };
+        result
+            .map(|s| BackendStream::Tls(Box::new(s)))
+            .map_err(|source| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                let last = self.tls_warned.load(Ordering::Relaxed);
+                if now >= last + 10 && self.tls_warned.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+                    tracing::warn!(upstream = %addr, error = %source, "TLS handshake with the backend failed");
+                } else {
+                    tracing::debug!(upstream = %addr, error = %source, "TLS handshake with the backend failed");
+                }
+                ClientError::Tls {
+                    addr: addr.clone(),
+                    source,
+                }
+            })
     }
 
     /// `connect` under `connect_timeout`, its failure named with the backend's address.

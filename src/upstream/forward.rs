@@ -241,11 +241,15 @@ fn client_settings(cfg: &UpstreamConfig) -> ClientSettings {
         connect_timeout: cfg.connect_timeout,
         idle_timeout: cfg.pool_idle_timeout,
         max_idle: cfg.pool_max_idle,
+        tls: cfg.tls.clone(),
     }
 }
 
 /// Sorts a client error into the kind it is counted and answered as.
 fn classify(err: ClientError) -> ProxyError {
+    if matches!(err, ClientError::Tls { .. }) {
+        return ProxyError::UpstreamTls(Box::new(err));
+    }
     if err.is_connect() {
         return ProxyError::UpstreamConnect(Box::new(err));
     }

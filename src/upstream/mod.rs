@@ -8,7 +8,8 @@
 //! - `client`: the pooled keep-alive client: HTTP/1.1 connections of weir's own, or one shared
 //!   h2c connection on hyper's client.
 //! - `http1`: weir's HTTP/1.1 client side: codec, connection, idle pool.
-//! - `stream`: a backend connection over TCP or a Unix domain socket.
+//! - `stream`: a backend connection over TCP, a Unix domain socket or TLS; `tls`: the TLS
+//!   client settings of an upstream.
 
 mod client;
 mod forward;
@@ -16,6 +17,8 @@ mod http1;
 mod response_body;
 mod rewrite;
 mod stream;
+mod tls;
 
 pub use forward::{RequestHook, Upstream};
 pub use response_body::{BodyError, ResponseBody};
+pub use tls::{UpstreamTlsError, check_upstream_tls};

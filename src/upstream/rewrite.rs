@@ -73,7 +73,11 @@ impl Upstream {
             parts.uri = match settings.protocol {
                 Protocol::Http1 => Uri::from(path),
                 Protocol::H2c => Uri::builder()
-                    .scheme(Scheme::HTTP)
+                    .scheme(if settings.tls.is_some() {
+                        Scheme::HTTPS
+                    } else {
+                        Scheme::HTTP
+                    })
                     .authority(settings.addr.authority())
                     .path_and_query(path)
                     .build()

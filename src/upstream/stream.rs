@@ -1,5 +1,5 @@
-//! A connection to a backend, over TCP or a Unix domain socket: one type for both, so that the
-//! HTTP/1.1 connection and hyper's HTTP/2 client need not know which.
+//! A connection to a backend, over TCP, a Unix domain socket or TLS: one type for all, so that
+//! the HTTP/1.1 connection and hyper's HTTP/2 client need not know which.
 
 use std::io;
 use std::pin::Pin;
@@ -7,20 +7,34 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
+use tokio_rustls::client::TlsStream;
 
 /// A backend connection's byte stream.
 #[derive(Debug)]
 pub(crate) enum BackendStream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// Boxed: its session state is large, and the other variants are a descriptor.
+    Tls(Box<TlsStream<TcpStream>>),
 }
 
 impl BackendStream {
-    /// Reads what is ready without waiting (`WouldBlock` when nothing is).
-    pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+    /// Whether an idle connection can carry a request: the backend has neither closed it nor
+    /// sent anything unasked. Costs no system call unless the socket was signalled readable.
+    pub(crate) fn is_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        let would_block =
+            |r: io::Result<usize>| matches!(r, Err(e) if e.kind() == io::ErrorKind::WouldBlock);
         match self {
-            BackendStream::Tcp(s) => s.try_read(buf),
-            BackendStream::Unix(s) => s.try_read(buf),
+            BackendStream::Tcp(s) => would_block(s.try_read(&mut probe)),
+            BackendStream::Unix(s) => would_block(s.try_read(&mut probe)),
+            // Peeked, not read: bytes on an idle TLS connection (a close_notify) end it anyway,
+            // but reading them would leave the session out of step.
+            BackendStream::Tls(s) => {
+                let mut buf = ReadBuf::new(&mut probe);
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                s.get_ref().0.poll_peek(&mut cx, &mut buf).is_pending()
+            }
         }
     }
 }
@@ -34,6 +48,7 @@ impl AsyncRead for BackendStream {
         match self.get_mut() {
             BackendStream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             BackendStream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -47,6 +62,7 @@ impl AsyncWrite for BackendStream {
         match self.get_mut() {
             BackendStream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             BackendStream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -58,6 +74,7 @@ impl AsyncWrite for BackendStream {
         match self.get_mut() {
             BackendStream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             BackendStream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -65,6 +82,7 @@ impl AsyncWrite for BackendStream {
         match self {
             BackendStream::Tcp(s) => s.is_write_vectored(),
             BackendStream::Unix(s) => s.is_write_vectored(),
+            BackendStream::Tls(s) => s.is_write_vectored(),
         }
     }
 
@@ -72,6 +90,7 @@ impl AsyncWrite for BackendStream {
         match self.get_mut() {
             BackendStream::Tcp(s) => Pin::new(s).poll_flush(cx),
             BackendStream::Unix(s) => Pin::new(s).poll_flush(cx),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -79,6 +98,7 @@ impl AsyncWrite for BackendStream {
         match self.get_mut() {
             BackendStream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             BackendStream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            BackendStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

@@ -47,8 +47,7 @@ impl Reusable for Box<BackendConn> {
     /// Whether an idle connection can carry a request: the backend has neither closed it nor
     /// sent anything unasked. Costs no system call unless the socket was signalled readable.
     fn is_open(&self) -> bool {
-        let mut probe = [0u8; 1];
-        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        self.io.is_open()
     }
 }
 
