@@ -16,7 +16,8 @@
 //! - `http`: body frames, the buffer budget, the request body, header rewriting, the
 //!   downstream connection's info.
 //! - `upstream`: [`Upstream`], forwarding, the request rewrite, the response body, weir's
-//!   backend client and its HTTP/1.1 side (`http1`: codec, connection, idle pool).
+//!   backend client, its streams (TCP, Unix socket, TLS) and TLS settings, and its HTTP/1.1 side
+//!   (`http1`: codec, connection, idle pool).
 //! - `proxy`: routing, handling, the one place outcomes become answers, the request record.
 //! - `listener`: accept loop, connection state, service, watchdog, park, peer, drain, TLS.
 //! - `ops`: metrics collector, admin listener, signals, logging.
