@@ -98,7 +98,7 @@ async fn run(pool: Weak<Pool>, name: String) {
     let mut state: Option<(u64, Controller)> = None;
     let mut last = Default::default();
     let mut since = Instant::now();
-    let mut logged: Option<(usize, Instant)> = None;
+    let mut log = LimitLog::new(0);
     loop {
         tick.tick().await;
         let Some(pool) = pool.upgrade() else { return };
@@ -126,6 +126,7 @@ async fn run(pool: Weak<Pool>, name: String) {
                 last = adaptive.samples.totals();
                 since = now;
                 let ctl = Controller::new(bounds, now);
+                log = LimitLog::new(ctl.limit());
                 &mut state.insert((generation, ctl)).1
             }
         };
@@ -147,22 +148,67 @@ async fn run(pool: Weak<Pool>, name: String) {
         if cause == Cause::Probe {
             continue;
         }
-        let (base, due) = match logged {
-            Some((base, at)) => (base, now.saturating_duration_since(at) >= LOG_EVERY),
-            None => (change.from, true),
-        };
-        let moved = (change.to as f64 - base as f64).abs() / base.max(1) as f64;
-        if moved >= LOG_FRACTION && due {
+        if let Some(from) = log.moved(change.to, now) {
             tracing::info!(
                 upstream = %name,
-                from = base,
+                from,
                 to = change.to,
                 cause = cause.as_str(),
                 baseline_ms = ctl.baseline().map_or(0.0, |d| d.as_secs_f64() * 1e3),
                 sample_ms = ctl.sample().map_or(0.0, |d| d.as_secs_f64() * 1e3),
                 "adaptive concurrency limit changed"
             );
-            logged = Some((change.to, now));
         }
+    }
+}
+
+/// When the limit's moves are worth a log line: a move of [`LOG_FRACTION`] from the limit last
+/// logged (or the one the controller started from), at most every [`LOG_EVERY`]. Gradual
+/// moves add up: they are measured from the last limit logged, not from the last change.
+struct LimitLog {
+    base: usize,
+    at: Option<Instant>,
+}
+
+impl LimitLog {
+    fn new(start: usize) -> LimitLog {
+        LimitLog {
+            base: start,
+            at: None,
+        }
+    }
+
+    /// The limit now `to`: the limit it moved from, when this move is to be logged.
+    fn moved(&mut self, to: usize, now: Instant) -> Option<usize> {
+        let due = self
+            .at
+            .is_none_or(|at| now.saturating_duration_since(at) >= LOG_EVERY);
+        let moved = (to as f64 - self.base as f64).abs() / self.base.max(1) as f64;
+        if !due || moved < LOG_FRACTION {
+            return None;
+        }
+        let from = std::mem::replace(&mut self.base, to);
+        self.at = Some(now);
+        Some(from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gradual_moves_add_up_and_lines_are_rate_limited() {
+        let t0 = Instant::now();
+        let mut log = LimitLog::new(16);
+        // 16 -> 19 one by one: none is a fifth of its own start, together they are.
+        assert_eq!(log.moved(17, t0), None);
+        assert_eq!(log.moved(18, t0), None);
+        assert_eq!(log.moved(20, t0), Some(16));
+        // Another fifth at once: not within LOG_EVERY of the last line.
+        assert_eq!(log.moved(30, t0 + Duration::from_secs(1)), None);
+        assert_eq!(log.moved(30, t0 + LOG_EVERY), Some(20));
+        // Down counts as much as up.
+        assert_eq!(log.moved(20, t0 + LOG_EVERY * 2), Some(30));
     }
 }
