@@ -185,3 +185,25 @@ async fn bad_tls_files_stop_a_start_with_the_upstreams_name() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn a_reload_reads_rotated_files_under_the_same_names() {
+    let (addr, inner) = https_backend("chain.pem", "server.key", None).await;
+    let dir = std::env::temp_dir().join(format!("weir-test-{}-rotate", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca_file = dir.join("backend-ca.pem");
+    // A CA that did not sign the backend's certificate, at first.
+    std::fs::copy(cert_path("client-ca.pem"), &ca_file).unwrap();
+    let body = tls_upstream(addr, &format!("{{ ca = \"{}\" }}", ca_file.display()), "");
+    let weir = spawn_weir(&body).await;
+    assert_eq!(get(&client(), &weir.url("/")).await.0, 502);
+
+    // The right CA under the same name, and a reload of the same configuration.
+    std::fs::copy(cert_path("ca.pem"), &ca_file).unwrap();
+    let config = weir::Config::from_toml_str(&weir_toml(&body, "")).unwrap();
+    weir.reloader.apply(config).unwrap();
+    assert_eq!(get(&client(), &weir.url("/")).await.0, 200);
+    assert_eq!(inner.stats.seen(), 1);
+    weir.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

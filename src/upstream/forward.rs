@@ -48,13 +48,15 @@ impl Upstream {
     }
 
     /// The upstream `cfg` describes, taking over `self`'s pool (resized to the new limits, with
-    /// its requests, queue and counters) and, if the connection settings are unchanged, its
-    /// client and idle backend connections. Requests already admitted keep the old settings.
+    /// its requests, queue and counters) and, if the connection settings are unchanged and use no
+    /// TLS, its client and idle backend connections. Requests already admitted keep the old settings.
     pub fn reconfigured(&self, cfg: &UpstreamConfig) -> Upstream {
         self.pool
             .configure(cfg.limit, cfg.max_queue, cfg.queue_timeout, &cfg.name);
         let settings = client_settings(cfg);
-        let client = if &settings == self.client.settings() {
+        // With TLS, the same file names may hold new certificates (a rotation is what a reload
+        // is for): a new client reads them, and its connections use them.
+        let client = if &settings == self.client.settings() && settings.tls.is_none() {
             self.client.clone()
         } else {
             Client::new(settings)
