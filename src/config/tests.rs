@@ -311,3 +311,54 @@ fn an_adaptive_limit_and_its_bounds() {
         assert!(has(&p, &path, needle), "{keys}: {p:#?}");
     }
 }
+
+#[test]
+fn upstream_tls_and_unix_addresses() {
+    let up = |keys: &str| format!("{MINIMAL}{keys}\n");
+    let c = Config::from_toml_str(&up("tls = true")).unwrap();
+    assert_eq!(c.upstreams[0].tls, Some(UpstreamTls::default()));
+    let c = Config::from_toml_str(&up("tls = false")).unwrap();
+    assert_eq!(c.upstreams[0].tls, None);
+    let c = Config::from_toml_str(&up(
+        "tls = { ca = \"ca.pem\", server_name = \"app.internal\", cert = \"c.pem\", key = \"k.pem\" }",
+    ))
+    .unwrap();
+    let tls = c.upstreams[0].tls.clone().unwrap();
+    assert_eq!(tls.server_name.as_deref(), Some("app.internal"));
+    assert_eq!(tls.ca, Some(std::path::PathBuf::from("ca.pem")));
+
+    let text = MINIMAL.replace("127.0.0.1:3000", "unix:/run/app.sock");
+    let c = Config::from_toml_str(&text).unwrap();
+    assert_eq!(
+        c.upstreams[0].addr,
+        UpstreamAddr::Unix("/run/app.sock".into())
+    );
+    assert_eq!(c.upstreams[0].addr.to_string(), "unix:/run/app.sock");
+
+    let cases = [
+        ("tls = \"yes\"", "upstream[0].tls", "is not TLS settings"),
+        (
+            "tls = { cert = \"c.pem\" }",
+            "upstream[0].tls",
+            "cert and key go together",
+        ),
+        (
+            "tls = { ca = \"a\", cafile = \"b\" }",
+            "upstream[0].tls",
+            "cafile",
+        ),
+        (
+            "tls = { server_name = \"not a name\" }",
+            "upstream[0].tls.server_name",
+            "not a DNS name",
+        ),
+    ];
+    for (keys, path, needle) in cases {
+        let p = problems(&up(keys));
+        assert!(has(&p, path, needle), "{keys}: {p:#?}");
+    }
+    let p = problems(&format!("{}tls = true\n", text));
+    assert!(has(&p, "upstream[0].tls", "not supported"), "{p:#?}");
+    let p = problems(&MINIMAL.replace("127.0.0.1:3000", "unix:"));
+    assert!(has(&p, "upstream[0].addr", "needs a socket path"), "{p:#?}");
+}
