@@ -12,11 +12,18 @@ use crate::upstream::Upstream;
 pub(super) struct Table {
     pub(super) upstreams: Vec<Arc<Upstream>>,
     routes: Vec<RouteConfig>,
+    /// Some route has a host condition: only then is the request's host looked up again.
+    by_host: bool,
 }
 
 impl Table {
     pub(super) fn new(upstreams: Vec<Arc<Upstream>>, routes: Vec<RouteConfig>) -> Table {
-        Table { upstreams, routes }
+        let by_host = routes.iter().any(|r| r.host.is_some());
+        Table {
+            upstreams,
+            routes,
+            by_host,
+        }
     }
 
     /// The first route whose conditions all hold; with no routes, the only upstream.
@@ -24,7 +31,11 @@ impl Table {
         if self.routes.is_empty() {
             return self.upstreams.first();
         }
-        let host = request_host(req);
+        let host = if self.by_host {
+            request_host(req)
+        } else {
+            None
+        };
         let path = req.uri().path();
         self.routes
             .iter()
