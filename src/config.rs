@@ -171,6 +171,11 @@ pub struct UpstreamConfig {
     /// Responses up to this size are read whole from the backend, as fast as it sends them, so
     /// its slot is freed while a slow client is still being served; 0 streams every response.
     pub response_buffer: u64,
+    /// Upgraded connections (WebSocket tunnels) open to this backend at once; the next upgrade
+    /// is answered 503 `upgrade_limit`. 0 refuses every upgrade.
+    pub max_upgraded: usize,
+    /// An upgraded connection with no byte either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
 }
 
 /// Where a backend listens.
@@ -453,5 +458,8 @@ pub mod defaults {
     pub const RESPONSE_BUFFER: u64 = 1 << 20;
     pub const MAX_BUFFERED_BYTES: u64 = 256 << 20;
     pub const MIN_BODY_RATE: u64 = 1024;
+    /// A tenth of `max_connections`: each tunnel holds a client connection and a backend one.
+    pub const MAX_UPGRADED: usize = 1000;
+    pub const TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
     pub const BODY_RATE_GRACE: Duration = Duration::from_secs(10);
 }

@@ -39,6 +39,8 @@ pub enum ProxyError {
     ClientBody(#[source] BoxError),
     #[error("max_buffered_bytes is reached")]
     BufferFull,
+    #[error("max_upgraded tunnels are open to the upstream")]
+    UpgradeLimit,
     #[error("internal error (a panic) while handling the request")]
     Internal,
 }
@@ -91,6 +93,7 @@ impl ProxyError {
             ProxyError::BodyTooLarge => Reason::BodyTooLarge,
             ProxyError::ClientBody(_) => Reason::ClientGone,
             ProxyError::BufferFull => Reason::BufferFull,
+            ProxyError::UpgradeLimit => Reason::UpgradeLimit,
             ProxyError::Internal => Reason::Internal,
         }
     }
@@ -110,7 +113,10 @@ impl ProxyError {
     pub(crate) fn status(&self) -> (StatusCode, &'static str) {
         match self {
             ProxyError::NoRoute => (StatusCode::NOT_FOUND, "no route\n"),
-            ProxyError::QueueFull | ProxyError::QueueTimeout | ProxyError::BufferFull => {
+            ProxyError::QueueFull
+            | ProxyError::QueueTimeout
+            | ProxyError::BufferFull
+            | ProxyError::UpgradeLimit => {
                 (StatusCode::SERVICE_UNAVAILABLE, "overloaded, retry later\n")
             }
             ProxyError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),

@@ -144,6 +144,8 @@ pub(super) struct RawUpstream {
     pub(super) request_buffer: Option<RawSize>,
     pub(super) oversized_body: Option<OversizedBody>,
     pub(super) response_buffer: Option<RawSize>,
+    pub(super) max_upgraded: Option<i64>,
+    pub(super) tunnel_idle_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]

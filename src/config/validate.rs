@@ -387,7 +387,22 @@ impl Validator {
         let response_buffer = self
             .size(at("response_buffer"), raw.response_buffer, 0, 1 << 30)
             .unwrap_or(defaults::RESPONSE_BUFFER);
+        let max_upgraded = self.count(
+            at("max_upgraded"),
+            raw.max_upgraded,
+            defaults::MAX_UPGRADED,
+            0,
+            MAX_CONNECTIONS,
+        );
+        let tunnel_idle_timeout = self.duration(
+            &at("tunnel_idle_timeout"),
+            raw.tunnel_idle_timeout.as_deref(),
+            defaults::TUNNEL_IDLE_TIMEOUT,
+            MAX_REQUEST_TIMEOUT,
+        );
         UpstreamConfig {
+            max_upgraded,
+            tunnel_idle_timeout,
             request_buffer,
             response_buffer,
             oversized_body: raw.oversized_body.unwrap_or(OversizedBody::Stream),

@@ -2,8 +2,8 @@
 //! requests in progress (whether the connection is idle), when the last one finished, and the
 //! request to park; and the guard that counts one request in progress.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::Context;
 use std::time::Duration;
 
@@ -14,6 +14,8 @@ use tokio::time::Instant;
 use super::peer::Hangup;
 use crate::http::Downstream;
 use crate::proxy::Proxy;
+use crate::sync::lock;
+use crate::upstream::Upgraded;
 
 /// How long an HTTP/1 connection is idle before it parks: far longer than the gap between a
 /// busy client's requests, short enough that idle connections park while many are opening.
@@ -44,6 +46,9 @@ pub struct Connection {
     /// HTTP/1: set by `GuardedIo` when the connection has been idle for
     /// [`PARK_AFTER`]; the server parks when it sees it.
     park: AtomicBool,
+    /// HTTP/1: the backend's end of a tunnel, from a 101 answer, until the server has written
+    /// the 101 and ended, and the connection task runs the tunnel (see `listener::park`).
+    upgraded: Mutex<Option<Box<Upgraded>>>,
 }
 
 impl Connection {
@@ -63,7 +68,18 @@ impl Connection {
             idle_waker: AtomicWaker::new(),
             socket,
             park: AtomicBool::new(false),
+            upgraded: Mutex::new(None),
         }
+    }
+
+    /// Keeps a 101's tunnel for the connection task, which runs it when the server ends.
+    pub fn hand_over(&self, tunnel: Box<Upgraded>) {
+        *lock(&self.upgraded) = Some(tunnel);
+    }
+
+    /// The tunnel a 101 left, once its server has ended.
+    pub fn take_upgraded(&self) -> Option<Box<Upgraded>> {
+        lock(&self.upgraded).take()
     }
 
     /// Asks the connection's HTTP/1 server to park (see `listener::park`).

@@ -24,6 +24,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
+use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::service::HttpService;
@@ -34,6 +35,7 @@ use super::connection::{ClientGone, Connection};
 use super::drain::Watch;
 use super::service::Tracked;
 use super::watchdog::GuardedIo;
+use crate::upstream::Upgraded;
 
 /// Serves HTTP/1 on one connection until it ends, parking it whenever it is idle long enough.
 /// `None` when the drain aborted it.
@@ -72,6 +74,14 @@ where
                 Err(e) => return Some(Err(e)),
                 Ok(Ended::Closed) => return Some(Ok(())),
                 Ok(Ended::Parked(stream, svc)) => (io, service) = (stream, svc),
+                Ok(Ended::Upgraded(stream, read, tunnel)) => {
+                    // Closed when the drain is aborted, after the requests have had their time.
+                    let (stream, read) = stream.into_tunnel(read);
+                    if let Err(e) = watch.unless_aborted(tunnel.run(stream, read)).await? {
+                        tracing::debug!(error = %e, "tunnel ended with an error");
+                    }
+                    return Some(Ok(()));
+                }
             }
             let _parked = conn.downstream.listener.counters.park();
             let woken = std::future::poll_fn(|cx| io.poll_wake(cx));
@@ -101,6 +111,9 @@ enum Ended<S, Svc> {
     /// Parked: the stream, which gives the next server first what this one had read and not
     /// parsed, and the service.
     Parked(GuardedIo<S>, Svc),
+    /// The server wrote a 101: the stream, what the server had read and not parsed, and the
+    /// backend's end of the tunnel.
+    Upgraded(GuardedIo<S>, Bytes, Box<Upgraded>),
 }
 
 /// A hyper HTTP/1 connection that parks when its [`Connection`] asks, and gives back its stream when it
@@ -118,6 +131,19 @@ where
     Svc: HttpService<Incoming, ResBody = Tracked, Error = ClientGone> + Unpin,
     Svc::Future: Unpin,
 {
+    /// The end of a server that switched protocols: the stream and what it had read, for the
+    /// tunnel.
+    fn upgraded(&mut self, tunnel: Box<Upgraded>) -> Ended<S, Svc> {
+        match self.conn.take() {
+            Some(conn) => {
+                let parts = conn.into_parts();
+                Ended::Upgraded(parts.io.into_inner(), parts.read_buf, tunnel)
+            }
+            // Not reached: the server is taken only here and as it ends.
+            None => Ended::Closed,
+        }
+    }
+
     /// Finish the request in progress, if any, and close: hyper's graceful shutdown.
     fn graceful_shutdown(mut self: Pin<&mut Self>) {
         self.closing = true;
@@ -142,6 +168,10 @@ where
             return Poll::Pending;
         };
         if let Poll::Ready(done) = Pin::new(&mut *conn).poll(cx) {
+            // After a 101, hyper ends without shutting the stream down.
+            if let (Ok(()), Some(tunnel)) = (&done, this.state.take_upgraded()) {
+                return Poll::Ready(Ok(this.upgraded(tunnel)));
+            }
             this.conn = None;
             return Poll::Ready(done.map(|()| Ended::Closed));
         }
@@ -155,6 +185,9 @@ where
         // shutting the stream down, it ends. If it does not (it was not idle after all), it
         // finishes what it is doing and closes, as on a drain.
         ready!(conn.poll_without_shutdown(cx))?;
+        if let Some(tunnel) = this.state.take_upgraded() {
+            return Poll::Ready(Ok(this.upgraded(tunnel)));
+        }
         let Some(conn) = this.conn.take() else {
             return Poll::Pending;
         };

@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper::service::{HttpService, service_fn};
-use hyper::{Request, Response};
+use hyper::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 
 use super::connection::{ClientGone, Connection, InProgress};
@@ -125,7 +125,12 @@ fn respond(
             handled.await
         };
         // Dropped unanswered, its record counts `client_gone`.
-        let (response, mut record) = handled.ok_or(ClientGone)?;
+        let (mut response, mut record) = handled.ok_or(ClientGone)?;
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(tunnel) = response.body_mut().take_upgraded() {
+                request.conn.hand_over(tunnel);
+            }
+        }
         if response.body().is_end_stream() {
             // hyper will not poll a body that is already at its end (HEAD, 204, empty).
             record.complete();

@@ -142,6 +142,23 @@ impl<S> GuardedIo<S> {
         }
     }
 
+    /// The stream without its deadlines, for a tunnel once the server has switched protocols,
+    /// and the client's bytes already read: `read` (what the server had read and not parsed),
+    /// then any read ahead of it.
+    pub fn into_tunnel(self, read: Bytes) -> (S, Bytes) {
+        let GuardedIo {
+            inner, mut ahead, ..
+        } = self;
+        if ahead.is_empty() {
+            return (inner, read);
+        }
+        let mut all = bytes::BytesMut::from(read);
+        all.extend_from_slice(&ahead.unparsed);
+        all.extend_from_slice(&ahead.buf[usize::from(ahead.start)..usize::from(ahead.end)]);
+        ahead.unparsed = Bytes::new();
+        (inner, all.freeze())
+    }
+
     /// Gives the server these bytes first: what the previous server had read and not parsed.
     pub fn unparsed(&mut self, bytes: Bytes) {
         self.ahead.unparsed = bytes;

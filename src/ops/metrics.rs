@@ -15,7 +15,8 @@ use prometheus::{Encoder, Registry, TextEncoder};
 use crate::http::ListenerInfo;
 use crate::proxy::Proxy;
 use crate::telemetry::{
-    ClientTimeout, ConnReject, Histogram, Reason, STATUS_CLASSES, SizeLimit, UpstreamErrorKind,
+    ClientTimeout, ConnReject, Direction, Histogram, Reason, STATUS_CLASSES, SizeLimit,
+    UpstreamErrorKind,
 };
 
 /// Outcomes of configuration reloads, counted in `weir_config_reloads_total{result}`.
@@ -162,6 +163,36 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
         "Time admitted requests waited for a slot.",
         MetricType::HISTOGRAM,
         &["upstream"],
+    ),
+    (
+        "weir_tunnels_open",
+        "Upgraded connections (WebSocket tunnels) open now, handshakes under way included.",
+        MetricType::GAUGE,
+        &["upstream"],
+    ),
+    (
+        "weir_tunnels_limit",
+        "Configured max_upgraded: tunnels allowed open per upstream.",
+        MetricType::GAUGE,
+        &["upstream"],
+    ),
+    (
+        "weir_tunnels_total",
+        "Upgraded connections that started carrying bytes.",
+        MetricType::COUNTER,
+        &["upstream"],
+    ),
+    (
+        "weir_tunnels_idle_closed_total",
+        "Tunnels closed after tunnel_idle_timeout without a byte either way.",
+        MetricType::COUNTER,
+        &["upstream"],
+    ),
+    (
+        "weir_tunnel_bytes_total",
+        "Bytes carried by tunnels, by direction (to_backend, to_client).",
+        MetricType::COUNTER,
+        &["upstream", "direction"],
     ),
     (
         "weir_buffered_bytes",
@@ -362,6 +393,18 @@ impl Collector for WeirCollector {
             let duration = c.request_duration();
             f.push("weir_request_duration_seconds", &[u], Histogram(duration));
             f.push("weir_queue_wait_seconds", &[u], Histogram(c.queue_wait()));
+            let t = &c.tunnels;
+            f.push("weir_tunnels_open", &[u], Gauge(t.open() as f64));
+            let cap = upstream.max_upgraded() as f64;
+            f.push("weir_tunnels_limit", &[u], Gauge(cap));
+            f.push("weir_tunnels_total", &[u], Counter(t.opened()));
+            f.push(
+                "weir_tunnels_idle_closed_total",
+                &[u],
+                Counter(t.idle_closed()),
+            );
+            let ways = Direction::ALL.map(|d| (d.as_str(), t.bytes(d)));
+            f.counters("weir_tunnel_bytes_total", u, "direction", ways);
         }
         let buffers = self.proxy.buffers();
         f.push("weir_buffered_bytes", &[], Gauge(buffers.used() as f64));

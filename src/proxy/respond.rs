@@ -68,6 +68,7 @@ mod tests {
             (ProxyError::BodyTimeout, 408),
             (ProxyError::BodyTooLarge, 413),
             (ProxyError::BufferFull, 503),
+            (ProxyError::UpgradeLimit, 503),
             (ProxyError::ClientBody(io()), 400),
             (ProxyError::Internal, 500),
         ];

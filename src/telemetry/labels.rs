@@ -24,11 +24,13 @@ pub enum Reason {
     BodyTooLarge,
     /// Request buffers hold `max_buffered_bytes` already (503).
     BufferFull,
+    /// `max_upgraded` tunnels are open to the upstream (503).
+    UpgradeLimit,
     Internal,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 14] = [
+    pub const ALL: [Reason; 15] = [
         Reason::QueueFull,
         Reason::QueueTimeout,
         Reason::Deadline,
@@ -42,6 +44,7 @@ impl Reason {
         Reason::BodyTimeout,
         Reason::BodyTooLarge,
         Reason::BufferFull,
+        Reason::UpgradeLimit,
         Reason::Internal,
     ];
 
@@ -60,6 +63,7 @@ impl Reason {
             Reason::BodyTimeout => "body_timeout",
             Reason::BodyTooLarge => "body_too_large",
             Reason::BufferFull => "buffer_full",
+            Reason::UpgradeLimit => "upgrade_limit",
             Reason::Internal => "internal",
         }
     }

@@ -11,4 +11,4 @@ mod upstream;
 pub(crate) use histogram::Histogram;
 pub use labels::{ClientTimeout, ConnReject, Reason, STATUS_CLASSES, SizeLimit, UpstreamErrorKind};
 pub use listener::ListenerCounters;
-pub use upstream::UpstreamCounters;
+pub use upstream::{Direction, TunnelCounters, UpstreamCounters};

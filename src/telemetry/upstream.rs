@@ -1,6 +1,6 @@
 //! The counters and histograms of one upstream.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use http::StatusCode;
@@ -20,6 +20,60 @@ pub struct UpstreamCounters {
     responses: Stripes<5>,
     request_duration: Histogram,
     queue_wait: Histogram,
+    pub tunnels: TunnelCounters,
+}
+
+/// Upgraded connections (WebSocket tunnels) of one upstream. `open` is also what `max_upgraded`
+/// is checked against (see `upstream::tunnel`).
+#[derive(Debug, Default)]
+pub struct TunnelCounters {
+    /// Tunnels open now, and upgrades on their way (a reservation is taken before the handshake).
+    pub open: AtomicUsize,
+    opened: AtomicU64,
+    idle_closed: AtomicU64,
+    /// Bytes carried, by [`Direction`].
+    bytes: [AtomicU64; 2],
+}
+
+/// Which way a tunnel's bytes go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    ToBackend,
+    ToClient,
+}
+
+impl Direction {
+    pub const ALL: [Direction; 2] = [Direction::ToBackend, Direction::ToClient];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::ToBackend => "to_backend",
+            Direction::ToClient => "to_client",
+        }
+    }
+}
+
+impl TunnelCounters {
+    pub fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
+    }
+    pub fn count_opened(&self) {
+        self.opened.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn idle_closed(&self) -> u64 {
+        self.idle_closed.load(Ordering::Relaxed)
+    }
+    pub fn count_idle_close(&self) {
+        self.idle_closed.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn bytes(&self, way: Direction) -> u64 {
+        self.bytes[way as usize].load(Ordering::Relaxed)
+    }
+    pub fn carried(&self, way: Direction, n: usize) {
+        self.bytes[way as usize].fetch_add(n as u64, Ordering::Relaxed);
+    }
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
 }
 
 impl UpstreamCounters {

@@ -103,6 +103,15 @@ impl Body for BackendBody {
 }
 
 impl BackendBody {
+    /// The backend's connection after a 101, and the bytes it sent after the head; `None` over
+    /// HTTP/2, or when the request was not sent whole.
+    pub(crate) fn into_upgraded(self) -> Option<(BackendStream, Bytes)> {
+        match self {
+            BackendBody::H1(b) => b.into_upgraded(),
+            BackendBody::H2(_) => None,
+        }
+    }
+
     /// The next frame, for a caller that holds the client the body came from: an HTTP/1.1
     /// connection whose exchange ends goes back to its pool without a reference taken to it.
     pub fn poll_frame_from(
@@ -187,14 +196,18 @@ impl Client {
     /// The head is borrowed, not moved: it is a few hundred bytes that HTTP/1.1 only reads, and
     /// whose header map it then fills with the response's fields (h2c, which needs the head
     /// whole, takes it and leaves an empty one).
+    ///
+    /// `upgrade`: the request asks the backend to switch protocols (HTTP/1.1 only), so a 101
+    /// answers it, whose body gives the connection up ([`BackendBody::into_upgraded`]).
     pub async fn send(
         &self,
         parts: &mut request::Parts,
         body: RequestBody,
         set: SetFields<'_>,
+        upgrade: bool,
     ) -> Result<Response<BackendBody>, ClientError> {
         match self.state.settings.protocol {
-            Protocol::Http1 => self.send_h1(parts, body, set).await,
+            Protocol::Http1 => self.send_h1(parts, body, (set, upgrade)).await,
             Protocol::H2c => {
                 let parts = std::mem::replace(parts, Request::new(()).into_parts().0);
                 // Boxed, like connecting below: a rarer path that would otherwise enlarge every
@@ -226,7 +239,7 @@ impl Client {
         &self,
         parts: &mut request::Parts,
         mut body: RequestBody,
-        set: SetFields<'_>,
+        set: (SetFields<'_>, bool),
     ) -> Result<Response<BackendBody>, ClientError> {
         loop {
             let (conn, pooled) = match self.state.idle.take() {

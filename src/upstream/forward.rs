@@ -5,18 +5,21 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::Response;
 use http::header::{self, HeaderValue};
+use http::{Response, StatusCode, Version};
 use http_body::Body as _;
 use tokio::time::Instant;
 
 use super::client::{BackendBody, Client, ClientError, ClientSettings};
 use super::http1;
 use super::response_body::ResponseBody;
+use super::tunnel::{TunnelPermit, Upgraded};
 use crate::admission::{Permit, Pool, Rejected};
-use crate::config::{Limit, OversizedBody, UpstreamConfig};
+use crate::config::{Limit, OversizedBody, Protocol, UpstreamConfig};
 use crate::error::{BoxError, ProxyError, RequestBodyError};
-use crate::http::{BufferPool, Downstream, Frames, RequestBody, Reservation, strip_hop_by_hop};
+use crate::http::{
+    BufferPool, Downstream, Frames, RequestBody, Reservation, has_token, strip_hop_by_hop,
+};
 use crate::sync::LentTimer;
 
 /// Called after a request is admitted and before it is forwarded. Tests use it to inject faults
@@ -39,6 +42,8 @@ pub struct Upstream {
     response_buffer: u64,
     /// The limit is adaptive: each exchange's latency or failure is recorded for its controller.
     adaptive: bool,
+    max_upgraded: usize,
+    tunnel_idle_timeout: Duration,
 }
 
 impl Upstream {
@@ -75,6 +80,8 @@ impl Upstream {
             response_buffer: cfg.response_buffer,
             oversized_body: cfg.oversized_body,
             adaptive: matches!(cfg.limit, Limit::Auto(_)),
+            max_upgraded: cfg.max_upgraded,
+            tunnel_idle_timeout: cfg.tunnel_idle_timeout,
         }
     }
 
@@ -95,6 +102,11 @@ impl Upstream {
         self.client.idle_connections()
     }
 
+    /// Tunnels allowed open at once (`max_upgraded`).
+    pub fn max_upgraded(&self) -> usize {
+        self.max_upgraded
+    }
+
     pub fn retry_after(&self) -> &HeaderValue {
         &self.retry_after
     }
@@ -110,6 +122,16 @@ impl Upstream {
         buffers: &BufferPool,
         queue_wait: &mut Option<Duration>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
+        // An upgrade takes its place among the tunnels first: beyond `max_upgraded`, it is
+        // refused before it waits for a slot.
+        let upgrade = match self.upgrade_asked(&parts) {
+            None => None,
+            Some(protocol) => Some((
+                protocol,
+                TunnelPermit::reserve(&self.pool, self.max_upgraded)
+                    .ok_or(ProxyError::UpgradeLimit)?,
+            )),
+        };
         let permit = self.pool.admit().await.map_err(|r| match r {
             Rejected::QueueFull => ProxyError::QueueFull,
             Rejected::QueueTimeout => ProxyError::QueueTimeout,
@@ -122,8 +144,18 @@ impl Upstream {
         let deadline = sent + self.request_timeout;
         let mut timer = downstream.timer.lend(deadline);
         let forwarded = self.rewrite(&mut parts, downstream)?;
+        if let Some((protocol, _)) = &upgrade {
+            // Removed with the other hop-by-hop fields; this hop asks for the switch again.
+            let headers = &mut parts.headers;
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol.clone());
+        }
+        let fields = forwarded.fields();
         // Pinned here: the limit holds a pointer to it, not a second copy of its state.
-        let send = std::pin::pin!(self.client.send(&mut parts, body, forwarded.fields()));
+        let send = std::pin::pin!(
+            self.client
+                .send(&mut parts, body, fields, upgrade.is_some())
+        );
         let response = match timer.limit(send).await {
             None => Err(ProxyError::UpstreamTimeout),
             Some(sent) => sent.map_err(classify),
@@ -133,6 +165,11 @@ impl Upstream {
         }
         let response = response?;
         let (mut parts, body) = response.into_parts();
+        if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+            // The handshake is done, and with it the request's work: the slot is freed now.
+            drop(permit);
+            return self.upgraded(parts, body, upgrade.map(|(_, t)| t));
+        }
         strip_hop_by_hop(&mut parts.headers);
         let body = if bufferable(&parts, &body, self.response_buffer) {
             self.buffer_response(body, permit, deadline, &mut timer, buffers)
@@ -141,6 +178,48 @@ impl Upstream {
             ResponseBody::upstream(body, permit, deadline)
         };
         Ok(Response::from_parts(parts, body))
+    }
+
+    /// The protocol an HTTP/1.1 request asks to switch to (`Connection: upgrade` and `Upgrade`),
+    /// when weir forwards the switch: to an HTTP/1.1 backend, and not to HTTP/2 (`h2c`), whose
+    /// requests would then all reach the backend past admission. A request weir does not
+    /// upgrade is forwarded without the fields, as any other hop-by-hop ones.
+    fn upgrade_asked(&self, parts: &http::request::Parts) -> Option<HeaderValue> {
+        // hyper marks an HTTP/1.1 request that carries `Upgrade`: for every other request, this
+        // finds an empty extension map.
+        parts.extensions.get::<hyper::upgrade::OnUpgrade>()?;
+        let headers = &parts.headers;
+        let wanted = parts.version == Version::HTTP_11
+            && self.client.settings().protocol == Protocol::Http1
+            && has_token(headers, header::CONNECTION, b"upgrade")
+            && !has_token(headers, header::UPGRADE, b"h2c");
+        wanted
+            .then(|| headers.get(header::UPGRADE).cloned())
+            .flatten()
+    }
+
+    /// The answer to a request the backend switched to another protocol: the 101, its body the
+    /// backend's end of the tunnel, which the client's connection runs once the 101 is written.
+    fn upgraded(
+        &self,
+        mut parts: http::response::Parts,
+        body: BackendBody,
+        permit: Option<TunnelPermit>,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let protocol = parts.headers.get(header::UPGRADE).cloned();
+        // The codec accepts a 101 only for a request that asked for it.
+        let (Some(permit), Some(protocol), Some((stream, ahead))) =
+            (permit, protocol, body.into_upgraded())
+        else {
+            let why = "a 101 without Upgrade, or before the request was sent whole";
+            return Err(ProxyError::UpstreamProtocol(why.into()));
+        };
+        strip_hop_by_hop(&mut parts.headers);
+        let headers = &mut parts.headers;
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol);
+        let tunnel = Upgraded::new(stream, ahead, permit, self.tunnel_idle_timeout);
+        Ok(Response::from_parts(parts, ResponseBody::upgraded(tunnel)))
     }
 
     /// Records how the exchange went for the adaptive limit: the time to the response head, or a

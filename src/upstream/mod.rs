@@ -8,6 +8,8 @@
 //! - `client`: the pooled keep-alive client: HTTP/1.1 connections of weir's own, or one shared
 //!   h2c connection on hyper's client.
 //! - `http1`: weir's HTTP/1.1 client side: codec, connection, idle pool.
+//! - `tunnel`: an upgraded connection (WebSocket): the bytes carried both ways after a 101, and
+//!   the upstream's `max_upgraded` places.
 //! - `stream`: a backend connection over TCP, a Unix domain socket or TLS; `tls`: the TLS
 //!   client settings of an upstream.
 
@@ -18,7 +20,9 @@ mod response_body;
 mod rewrite;
 mod stream;
 mod tls;
+mod tunnel;
 
 pub use forward::{RequestHook, Upstream};
 pub use response_body::{BodyError, ResponseBody};
 pub use tls::{UpstreamTlsError, check_upstream_tls};
+pub use tunnel::Upgraded;

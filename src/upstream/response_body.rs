@@ -20,6 +20,7 @@ use std::collections::VecDeque;
 use tokio::time::Instant;
 
 use super::client::BackendBody;
+use super::tunnel::Upgraded;
 use crate::admission::{OwnedPermit, Permit};
 use crate::error::BoxError;
 use crate::http::{Frames, Reservation, data_len, hint_after};
@@ -57,6 +58,9 @@ pub enum ResponseBody {
     /// The backend's body, streamed. Boxed: the common small answer is buffered, and this
     /// variant would make every response (moved several times per request) twice as large.
     Upstream(Pin<Box<Streaming>>),
+    /// A 101's: no bytes, and the backend's end of the tunnel, for the client's connection to
+    /// take ([`ResponseBody::take_upgraded`]) once the 101 is written.
+    Upgraded(Box<Upgraded>),
 }
 
 pin_project! {
@@ -135,6 +139,21 @@ impl ResponseBody {
         }))
     }
 
+    pub fn upgraded(tunnel: Upgraded) -> ResponseBody {
+        ResponseBody::Upgraded(Box::new(tunnel))
+    }
+
+    /// The backend's end of a tunnel, if this is a 101's body; it is left empty.
+    pub fn take_upgraded(&mut self) -> Option<Box<Upgraded>> {
+        if !matches!(self, ResponseBody::Upgraded(_)) {
+            return None;
+        }
+        match std::mem::replace(self, ResponseBody::full(Bytes::new())) {
+            ResponseBody::Upgraded(tunnel) => Some(tunnel),
+            _ => None,
+        }
+    }
+
     /// A response read whole; `reservation` holds its bytes in the buffer budget until sent.
     pub fn buffered(frames: Frames, reservation: Reservation) -> ResponseBody {
         let (first, mut rest) = frames.into_parts();
@@ -185,6 +204,7 @@ impl Body for ResponseBody {
         match self.get_mut() {
             ResponseBody::Full { data, .. } => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             ResponseBody::Buffered { frames, .. } => Poll::Ready(frames.pop_front().map(Ok)),
+            ResponseBody::Upgraded(_) => Poll::Ready(None),
             ResponseBody::Upstream(streaming) => {
                 let StreamingProj {
                     prefix,
@@ -240,6 +260,7 @@ impl Body for ResponseBody {
             ResponseBody::Full { data, .. } => data.is_none(),
             ResponseBody::Buffered { frames, .. } => frames.is_empty(),
             ResponseBody::Upstream(s) => s.prefix.is_empty() && s.inner.is_end_stream(),
+            ResponseBody::Upgraded(_) => true,
         }
     }
 
@@ -250,6 +271,7 @@ impl Body for ResponseBody {
             }
             ResponseBody::Buffered { frames, .. } => SizeHint::with_exact(data_len(frames)),
             ResponseBody::Upstream(s) => hint_after(s.prefix.data_len(), s.inner.size_hint()),
+            ResponseBody::Upgraded(_) => SizeHint::with_exact(0),
         }
     }
 }

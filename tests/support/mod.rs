@@ -3,6 +3,8 @@
 //! each bounded by a deadline, never a fixed sleep.
 #![allow(dead_code)]
 
+pub mod websocket;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;

@@ -105,9 +105,14 @@ pub(crate) enum Parsed {
 /// The fields go into `spare`'s map, emptied, when the head is final: the request's own, no longer
 /// needed once its answer has come. hyper keeps a response's map to parse the connection's next
 /// request into, so one map serves every exchange of a connection without being allocated anew.
+///
+/// `upgrade`: the request asked to switch protocols, so a 101 is its final answer (a head with no
+/// body, after which the connection is the backend's end of a tunnel); otherwise a 101 is an
+/// error.
 pub(crate) fn parse_head(
     buf: &mut BytesMut,
     to_head: bool,
+    upgrade: bool,
     spare: &mut HeaderMap,
 ) -> Result<Parsed, Error> {
     let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -121,9 +126,10 @@ pub(crate) fn parse_head(
         httparse::Status::Complete(len) => len,
     };
     let code = res.code.unwrap_or(0);
-    if (100..200).contains(&code) {
+    let switched = code == 101;
+    if (100..200).contains(&code) && !(switched && upgrade) {
         buf.advance(len);
-        if code == 101 {
+        if switched {
             return Err(Error::Invalid("protocol switch that was not asked for"));
         }
         return Ok(Parsed::Interim);
@@ -147,7 +153,12 @@ pub(crate) fn parse_head(
         headers.append(name, value);
     }
     buf.advance(len);
-    let (decode, delimited) = body_framing(status, to_head, &headers, seen)?;
+    // After a 101 the connection carries the new protocol: no body, and no next exchange.
+    let (decode, delimited) = if switched {
+        (Decode::Done, false)
+    } else {
+        body_framing(status, to_head, &headers, seen)?
+    };
     let keep_alive = delimited && keeps_alive(version, &headers, seen);
     Ok(Parsed::Final(Head {
         status,

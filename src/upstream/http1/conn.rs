@@ -136,16 +136,17 @@ impl BackendConn {
         Poll::Ready(Ok(()))
     }
 
-    /// Reads the final response head, skipping interim (1xx) ones.
+    /// Reads the final response head, skipping interim (1xx) ones; a 101 is final when the request
+    /// asked to `upgrade`.
     fn poll_head(
         &mut self,
         cx: &mut Context<'_>,
-        to_head: bool,
+        (to_head, upgrade): (bool, bool),
         spare: &mut HeaderMap,
     ) -> Poll<Result<Head, Error>> {
         loop {
             if !self.buf.is_empty() {
-                match parse_head(&mut self.buf, to_head, spare)? {
+                match parse_head(&mut self.buf, to_head, upgrade, spare)? {
                     Parsed::Final(head) => return Poll::Ready(Ok(head)),
                     Parsed::Interim => continue,
                     Parsed::Partial if self.buf.len() >= MAX_HEAD => {
@@ -276,10 +277,12 @@ impl Outgoing {
 /// head has arrived. `pooled` says the connection was idle in the pool (a retry on another one is
 /// then worth it). The response's fields take the place of the request's in `parts`, whose map
 /// they reuse: `parts` keeps its fields until the answer's head is complete, for a retry.
+/// `upgrade`: the request asks to switch protocols, and a 101 is a final answer (see
+/// [`Body::into_upgraded`]).
 pub(crate) async fn send(
     mut conn: Box<BackendConn>,
     parts: &mut request::Parts,
-    set: SetFields<'_>,
+    (set, upgrade): (SetFields<'_>, bool),
     body: RequestBody,
     pooled: bool,
 ) -> Result<Response<Body>, SendError> {
@@ -316,7 +319,7 @@ pub(crate) async fn send(
                 Poll::Pending => {}
             }
         }
-        match ready!(conn.poll_head(cx, to_head, &mut parts.headers)) {
+        match ready!(conn.poll_head(cx, (to_head, upgrade), &mut parts.headers)) {
             Err(e) => Poll::Ready(Err(write_failed.take().unwrap_or(e))),
             ok => Poll::Ready(ok),
         }
@@ -369,6 +372,16 @@ pub struct Body {
 }
 
 impl Body {
+    /// The connection of a 101 answer and what the backend sent after its head: the backend's end
+    /// of a tunnel. `None` when the request was not sent whole before the switch.
+    pub(crate) fn into_upgraded(mut self) -> Option<(BackendStream, Bytes)> {
+        if self.upload.is_some() {
+            return None;
+        }
+        let conn = *self.conn.take()?;
+        Some((conn.io, conn.buf.freeze()))
+    }
+
     /// The response has ended: the connection goes back to the pool if it can carry another
     /// request, and is closed otherwise. `home` is its pool when the caller has it at hand;
     /// otherwise the connection's weak reference finds it, at the cost of a reference taken and

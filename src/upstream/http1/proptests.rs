@@ -74,7 +74,7 @@ proptest! {
                                  decode in decodes()) {
         let mut buf = BytesMut::from(&bytes[..]);
         let before = buf.len();
-        let _ = parse_head(&mut buf, to_head, &mut HeaderMap::new());
+        let _ = parse_head(&mut buf, to_head, false, &mut HeaderMap::new());
         prop_assert!(buf.len() <= before);
         let mut buf = BytesMut::from(&bytes[..]);
         let mut decode = decode;
@@ -158,7 +158,7 @@ proptest! {
         let mut response = httparse::Response::new(&mut reference);
         let expected = response.parse(raw);
         let mut buf = BytesMut::from(raw);
-        let ours = parse_head(&mut buf, true, &mut HeaderMap::new());
+        let ours = parse_head(&mut buf, true, false, &mut HeaderMap::new());
         match (expected, ours) {
             (Ok(httparse::Status::Complete(_)), Ok(Parsed::Final(head))) => {
                 prop_assert_eq!(Some(head.status.as_u16()), response.code);
@@ -191,7 +191,7 @@ fn read_in_pieces(wire: &Bytes, cuts: &[usize]) -> Option<(u16, Vec<u8>)> {
         buf.extend_from_slice(&wire[from..end]);
         from = end;
         if head.is_none() {
-            match parse_head(&mut buf, false, &mut HeaderMap::new()).ok()? {
+            match parse_head(&mut buf, false, false, &mut HeaderMap::new()).ok()? {
                 Parsed::Final(h) => head = Some(h),
                 Parsed::Interim | Parsed::Partial => continue,
             }

@@ -22,7 +22,12 @@ const NONE: SetFields<'static> = SetFields {
 };
 
 fn head(raw: &str) -> Result<Parsed, Error> {
-    parse_head(&mut BytesMut::from(raw), false, &mut HeaderMap::new())
+    parse_head(
+        &mut BytesMut::from(raw),
+        false,
+        false,
+        &mut HeaderMap::new(),
+    )
 }
 
 fn final_head(raw: &str) -> Head {
@@ -40,16 +45,16 @@ fn a_final_head_reuses_the_request_map_and_nothing_of_its_fields() {
     let mut buf = BytesMut::from("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nx-a: b\r\n");
     // Neither an interim nor an unfinished head takes the map: a retry still needs it.
     assert!(matches!(
-        parse_head(&mut buf, false, &mut request),
+        parse_head(&mut buf, false, false, &mut request),
         Ok(Parsed::Interim)
     ));
     assert!(matches!(
-        parse_head(&mut buf, false, &mut request),
+        parse_head(&mut buf, false, false, &mut request),
         Ok(Parsed::Partial)
     ));
     assert_eq!(request.len(), 2);
     buf.extend_from_slice(b"content-length: 0\r\n\r\n");
-    let Ok(Parsed::Final(head)) = parse_head(&mut buf, false, &mut request) else {
+    let Ok(Parsed::Final(head)) = parse_head(&mut buf, false, false, &mut request) else {
         panic!("not a final head");
     };
     assert!(request.is_empty());
@@ -246,4 +251,23 @@ async fn bodies_decode_whatever_way_they_are_split() {
         decode_split(b"5\r\nhelloXX", 0, Decode::Chunked(Chunk::Size)).await,
         Err(Error::Invalid(_))
     ));
+}
+
+#[test]
+fn a_101_is_final_only_when_the_request_asked_to_upgrade() {
+    let raw = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x01\x02hi";
+    assert!(matches!(head(raw), Err(Error::Invalid(_))));
+    let mut buf = BytesMut::from(raw);
+    let Ok(Parsed::Final(h)) = parse_head(&mut buf, false, true, &mut HeaderMap::new()) else {
+        panic!("a 101 asked for is the final answer");
+    };
+    assert_eq!(h.status, StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(h.headers[header::UPGRADE], "websocket");
+    // No body, no next exchange, and what followed the head is the new protocol's.
+    assert!(h.decode == Decode::Done && !h.keep_alive);
+    assert_eq!(&buf[..], b"\x01\x02hi");
+    // Another interim answer before it is still skipped.
+    let mut buf = BytesMut::from("HTTP/1.1 100 Continue\r\n\r\n");
+    let parsed = parse_head(&mut buf, false, true, &mut HeaderMap::new());
+    assert!(matches!(parsed, Ok(Parsed::Interim)));
 }
