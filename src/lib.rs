@@ -16,10 +16,11 @@
 //! - `http`: body frames, the buffer budget, the request body, header rewriting, the
 //!   downstream connection's info.
 //! - `upstream`: [`Upstream`], forwarding, the request rewrite, the response body, weir's
-//!   backend client, its streams (TCP, Unix socket, TLS) and TLS settings, and its HTTP/1.1 side
-//!   (`http1`: codec, connection, idle pool).
+//!   backend client, its streams (TCP, Unix socket, TLS) and TLS settings, upgraded connections
+//!   (`tunnel`), and its HTTP/1.1 side (`http1`: codec, connection, idle pool).
 //! - `proxy`: routing, handling, the one place outcomes become answers, the request record.
-//! - `listener`: accept loop, connection state, service, watchdog, park, peer, drain, TLS.
+//! - `listener`: accept loop, connection state, service, watchdog, park (and the tunnel after a
+//!   101), peer, drain, TLS.
 //! - `ops`: metrics collector, admin listener, signals, logging.
 //! - `server`: [`Server`] and [`Reloader`], which wire the layers together.
 #![forbid(unsafe_code)]

@@ -362,3 +362,17 @@ fn upstream_tls_and_unix_addresses() {
     let p = problems(&MINIMAL.replace("127.0.0.1:3000", "unix:"));
     assert!(has(&p, "upstream[0].addr", "needs a socket path"), "{p:#?}");
 }
+
+#[test]
+fn upgrade_limits() {
+    let up = |keys: &str| format!("{MINIMAL}{keys}\n");
+    let c = Config::from_toml_str(MINIMAL).unwrap();
+    assert_eq!(c.upstreams[0].max_upgraded, defaults::MAX_UPGRADED);
+    assert_eq!(c.upstreams[0].tunnel_idle_timeout, Duration::from_secs(300));
+    let c = Config::from_toml_str(&up("max_upgraded = 0\ntunnel_idle_timeout = \"2h\"")).unwrap();
+    assert_eq!(c.upstreams[0].max_upgraded, 0);
+    assert_eq!(c.upstreams[0].tunnel_idle_timeout, Duration::from_secs(7200));
+    let p = problems(&up("max_upgraded = -1\ntunnel_idle_timeout = \"0s\""));
+    assert!(has(&p, "upstream[0].max_upgraded", "range"), "{p:#?}");
+    assert!(has(&p, "upstream[0].tunnel_idle_timeout", ""), "{p:#?}");
+}
