@@ -14,6 +14,7 @@
 #   D  TLS: new handshakes/s and keep-alive HTTPS, weir vs nginx (bench/tls.rs).
 #   E  HTTP/2 from the client (h2load, prior knowledge) through weir and nginx.
 #   F  the adaptive limit (bench/adaptive.sh): capacity steps, low load, a shared backend, CPU.
+#   G  WebSocket (bench/websocket.sh): messages/s, round-trip latency and CPU, weir vs nginx.
 # The proxy under test runs pinned to core 1 with one worker; the backend and the load generator
 # share core 0. Every process started here is stopped on exit, by PID.
 #
@@ -283,6 +284,14 @@ if [ -z "${SKIP_F:-}" ]; then
     WEIR_BIN=$WEIR_BIN ADAPTIVE_OUT=$OUT/adaptive bash bench/adaptive.sh "$SECONDS_PER_RUN"
 fi
 
+# ---- G: WebSocket ----
+# bench/websocket.sh, with this run's weir binary, when SKIP_G is unset: many sockets, one socket's
+# latency, 1 MiB messages; weir against nginx and the backend directly.
+if [ -z "${SKIP_G:-}" ]; then
+    echo "G: WebSocket (bench/websocket.sh; results in $OUT/websocket)"
+    WEIR_BIN=$WEIR_BIN WEBSOCKET_OUT=$OUT/websocket bash bench/websocket.sh
+fi
+
 python3 - "$OUT/results.jsonl" "$OUT/versions.txt" >"$OUT/results.md" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
@@ -370,6 +379,10 @@ tls = os.path.join(os.path.dirname(sys.argv[1]), "tls.md")
 if os.path.exists(tls):
     print("\n## D. TLS (ECDSA P-256), weir vs nginx\n")
     print(open(tls).read().strip())
+ws = os.path.join(os.path.dirname(sys.argv[1]), "websocket", "results.md")
+if os.path.exists(ws):
+    print("\n## G. WebSocket, weir vs nginx\n")
+    print(open(ws).read().strip())
 print("\n## E. HTTP/2, 64 connections x 10 streams\n\n| target | req/s | 2xx | CPU µs/request |\n|---|---|---|---|")
 for r in rows:
     if r["scenario"] == "E":

@@ -57,7 +57,11 @@ impl Drop for WsBackend {
 /// A backend on 127.0.0.1:0 that accepts a WebSocket upgrade on any path but `/refuse` (426) and
 /// echoes every text and binary message; a request without an upgrade gets 200 "ok".
 pub async fn spawn_ws_backend() -> WsBackend {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    ws_backend_on(TcpListener::bind("127.0.0.1:0").await.unwrap())
+}
+
+/// The backend of [`spawn_ws_backend`] on `listener`.
+pub fn ws_backend_on(listener: TcpListener) -> WsBackend {
     let addr = listener.local_addr().unwrap();
     let stats = Arc::new(WsStats::default());
     let s = Arc::clone(&stats);
