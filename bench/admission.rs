@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
 use weir::Pool;
+use weir::config::Priority;
 
 fn admit_release(pool: &Arc<Pool>) {
     // A free slot admits without waiting, so the future completes on its first poll.
-    let permit = pool.admit().now_or_never();
+    let permit = pool.admit(Priority::Normal).now_or_never();
     std::hint::black_box(&permit);
     drop(permit);
 }

@@ -137,6 +137,40 @@ pub enum Protocol {
     H2c,
 }
 
+/// A request's priority class. Under contention a freed slot goes to the highest class waiting;
+/// a full queue makes room for a higher class by shedding the latest waiter of the lowest.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Shed first: batch jobs, prefetches, retries.
+    Sheddable = 0,
+    /// Everything not marked (the default).
+    #[default]
+    Normal = 1,
+    /// Never shed while lower classes hold queue places: health checks, logins, payments.
+    Critical = 2,
+}
+
+impl Priority {
+    /// Lowest first: a class's index is its value.
+    pub const ALL: [Priority; 3] = [Priority::Sheddable, Priority::Normal, Priority::Critical];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Priority::Sheddable => "sheddable",
+            Priority::Normal => "normal",
+            Priority::Critical => "critical",
+        }
+    }
+
+    /// The class a header value names (exactly, ASCII case-insensitively), if any.
+    pub fn from_bytes(value: &[u8]) -> Option<Priority> {
+        Priority::ALL
+            .into_iter()
+            .find(|p| value.eq_ignore_ascii_case(p.as_str().as_bytes()))
+    }
+}
+
 /// One backend and the pool that protects it.
 #[derive(Debug, Clone)]
 pub struct UpstreamConfig {
@@ -176,6 +210,9 @@ pub struct UpstreamConfig {
     pub max_upgraded: usize,
     /// An upgraded connection with no byte either way for this long is closed.
     pub tunnel_idle_timeout: Duration,
+    /// A request header naming the request's [`Priority`] class, honoured when its route sets
+    /// none.
+    pub priority_header: Option<http::HeaderName>,
 }
 
 /// Where a backend listens.
@@ -284,6 +321,8 @@ pub struct RouteConfig {
     pub path_prefix: Option<String>,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
+    /// The class of the requests this route takes (a header then cannot change it).
+    pub priority: Option<Priority>,
 }
 
 /// One problem found in a configuration file.

@@ -41,6 +41,8 @@ pub enum ProxyError {
     BufferFull,
     #[error("max_upgraded tunnels are open to the upstream")]
     UpgradeLimit,
+    #[error("a request of a higher priority class took the queue place")]
+    Evicted,
     #[error("internal error (a panic) while handling the request")]
     Internal,
 }
@@ -94,6 +96,7 @@ impl ProxyError {
             ProxyError::ClientBody(_) => Reason::ClientGone,
             ProxyError::BufferFull => Reason::BufferFull,
             ProxyError::UpgradeLimit => Reason::UpgradeLimit,
+            ProxyError::Evicted => Reason::Evicted,
             ProxyError::Internal => Reason::Internal,
         }
     }
@@ -116,9 +119,8 @@ impl ProxyError {
             ProxyError::QueueFull
             | ProxyError::QueueTimeout
             | ProxyError::BufferFull
-            | ProxyError::UpgradeLimit => {
-                (StatusCode::SERVICE_UNAVAILABLE, "overloaded, retry later\n")
-            }
+            | ProxyError::UpgradeLimit
+            | ProxyError::Evicted => (StatusCode::SERVICE_UNAVAILABLE, "overloaded, retry later\n"),
             ProxyError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamTls(_)

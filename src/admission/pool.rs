@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::slots::Slots;
 use super::state::Adaptive;
-use crate::config::Limit;
+use crate::config::{Limit, Priority};
 use crate::sync::Stripes;
 use crate::telemetry::UpstreamCounters;
 
@@ -26,6 +26,8 @@ pub enum Rejected {
     QueueFull,
     /// No slot came free within `queue_timeout`.
     QueueTimeout,
+    /// A request of a higher class took its queue place.
+    Evicted,
 }
 
 /// One upstream's slots and queue.
@@ -118,25 +120,28 @@ impl Pool {
         }
     }
 
-    /// Waits for a slot: at once if one is free, in the queue for at most `queue_timeout`
-    /// otherwise, or not at all when the queue is full.
-    pub async fn admit(self: &Arc<Self>) -> Result<Permit<'_>, Rejected> {
+    /// Waits for a slot: at once if one is free, in the queue of its `class` for at most
+    /// `queue_timeout` otherwise, or not at all when the queue is full of its class or higher
+    /// ones. A full queue with a lower class waiting makes room: the latest waiter of the lowest
+    /// class is answered at once ([`Rejected::Evicted`]).
+    pub async fn admit(self: &Arc<Self>, class: Priority) -> Result<Permit<'_>, Rejected> {
         if self.slots.try_acquire() {
             return Ok(self.permit(Duration::ZERO));
         }
         // Boxed: the wait is the uncommon path, and its timer would otherwise make every
         // request's future (moved a few times per request) a few hundred bytes larger.
-        Box::pin(self.wait()).await
+        Box::pin(self.wait(class)).await
     }
 
     /// Waits in the queue for a slot, up to `queue_timeout`.
-    async fn wait(self: &Arc<Self>) -> Result<Permit<'_>, Rejected> {
+    async fn wait(self: &Arc<Self>, class: Priority) -> Result<Permit<'_>, Rejected> {
         self.adaptive.samples.limited();
-        let _place = self.enter_queue()?;
+        let _place = self.enter_queue(class)?;
         let start = Instant::now();
         let timeout = Duration::from_nanos(self.queue_timeout_nanos.load(Ordering::Relaxed));
-        match tokio::time::timeout(timeout, self.slots.acquire()).await {
-            Ok(()) => Ok(self.permit(start.elapsed())),
+        match tokio::time::timeout(timeout, self.slots.acquire(class)).await {
+            Ok(true) => Ok(self.permit(start.elapsed())),
+            Ok(false) => Err(Rejected::Evicted),
             Err(_) => Err(Rejected::QueueTimeout),
         }
     }
@@ -173,14 +178,22 @@ impl Pool {
         }
     }
 
-    fn enter_queue(&self) -> Result<QueuePlace<'_>, Rejected> {
+    fn enter_queue(&self, class: Priority) -> Result<QueuePlace<'_>, Rejected> {
         let max_queue = self.max_queue.load(Ordering::Relaxed);
-        self.queued
+        let entered = self
+            .queued
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |q| {
                 (q < max_queue).then_some(q + 1)
-            })
-            .map(|_| QueuePlace(self))
-            .map_err(|_| Rejected::QueueFull)
+            });
+        if entered.is_err() {
+            // Full: a lower class's latest waiter gives up its place (it leaves the count as
+            // its wait ends, so the queue is over its limit by one for that moment).
+            if class == Priority::Sheddable || !self.slots.evict_below(class) {
+                return Err(Rejected::QueueFull);
+            }
+            self.queued.fetch_add(1, Ordering::AcqRel);
+        }
+        Ok(QueuePlace(self))
     }
 
     fn permit(self: &Arc<Self>, queue_wait: Duration) -> Permit<'_> {
@@ -292,16 +305,19 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn admits_up_to_the_limit_then_queues_then_rejects() {
         let pool = Arc::new(Pool::new(2, 1, Duration::from_millis(100)));
-        let a = pool.admit().await.unwrap();
-        let _b = pool.admit().await.unwrap();
+        let a = pool.admit(Priority::Normal).await.unwrap();
+        let _b = pool.admit(Priority::Normal).await.unwrap();
         assert_eq!(pool.in_flight(), 2);
 
-        let mut queued = pin!(pool.admit());
+        let mut queued = pin!(pool.admit(Priority::Normal));
         assert!(poll_once(queued.as_mut()).is_pending());
         assert_eq!(pool.queue_depth(), 1);
 
         // The queue holds one: the next is turned away without waiting.
-        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+        assert_eq!(
+            pool.admit(Priority::Normal).await.unwrap_err(),
+            Rejected::QueueFull
+        );
 
         drop(a);
         let c = queued.await.unwrap();
@@ -314,9 +330,12 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn queue_timeout_frees_the_place() {
         let pool = Arc::new(Pool::new(1, 4, Duration::from_millis(100)));
-        let _held = pool.admit().await.unwrap();
+        let _held = pool.admit(Priority::Normal).await.unwrap();
         let start = tokio::time::Instant::now();
-        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueTimeout);
+        assert_eq!(
+            pool.admit(Priority::Normal).await.unwrap_err(),
+            Rejected::QueueTimeout
+        );
         assert_eq!(start.elapsed(), Duration::from_millis(100));
         assert_eq!(pool.queue_depth(), 0);
     }
@@ -324,10 +343,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn dropping_a_waiter_leaves_the_queue_and_keeps_order() {
         let pool = Arc::new(Pool::new(1, 4, Duration::from_secs(10)));
-        let held = pool.admit().await.unwrap();
-        let mut first = Box::pin(pool.admit());
-        let mut second = Box::pin(pool.admit());
-        let mut third = Box::pin(pool.admit());
+        let held = pool.admit(Priority::Normal).await.unwrap();
+        let mut first = Box::pin(pool.admit(Priority::Normal));
+        let mut second = Box::pin(pool.admit(Priority::Normal));
+        let mut third = Box::pin(pool.admit(Priority::Normal));
         assert!(poll_once(first.as_mut()).is_pending());
         assert!(poll_once(second.as_mut()).is_pending());
         assert!(poll_once(third.as_mut()).is_pending());
@@ -352,63 +371,92 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn shrinking_keeps_admitted_work_and_retires_slots_as_they_free() {
         let pool = Arc::new(Pool::new(4, 0, Duration::from_secs(1)));
-        let held: Vec<_> = futures_util::future::join_all((0..3).map(|_| pool.admit()))
-            .await
-            .into_iter()
-            .map(Result::unwrap)
-            .collect();
+        let held: Vec<_> =
+            futures_util::future::join_all((0..3).map(|_| pool.admit(Priority::Normal)))
+                .await
+                .into_iter()
+                .map(Result::unwrap)
+                .collect();
         pool.resize(1, 0, Duration::from_secs(1));
         assert_eq!(pool.in_flight(), 3, "admitted requests keep their slots");
-        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+        assert_eq!(
+            pool.admit(Priority::Normal).await.unwrap_err(),
+            Rejected::QueueFull
+        );
         let mut held = held.into_iter();
         drop(held.next());
         drop(held.next());
-        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+        assert_eq!(
+            pool.admit(Priority::Normal).await.unwrap_err(),
+            Rejected::QueueFull
+        );
         drop(held.next());
-        let one = pool.admit().await.unwrap();
-        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+        let one = pool.admit(Priority::Normal).await.unwrap();
+        assert_eq!(
+            pool.admit(Priority::Normal).await.unwrap_err(),
+            Rejected::QueueFull
+        );
         drop(one);
 
         // Growing again cancels nothing and adds slots at once.
         pool.resize(3, 0, Duration::from_secs(1));
-        let all: Vec<_> = futures_util::future::join_all((0..3).map(|_| pool.admit())).await;
+        let all: Vec<_> =
+            futures_util::future::join_all((0..3).map(|_| pool.admit(Priority::Normal))).await;
         assert!(all.iter().all(Result::is_ok));
-        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+        assert_eq!(
+            pool.admit(Priority::Normal).await.unwrap_err(),
+            Rejected::QueueFull
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn growing_while_slots_retire_cancels_the_retirement() {
         let pool = Arc::new(Pool::new(2, 0, Duration::from_secs(1)));
-        let a = pool.admit().await.unwrap();
-        let b = pool.admit().await.unwrap();
+        let a = pool.admit(Priority::Normal).await.unwrap();
+        let b = pool.admit(Priority::Normal).await.unwrap();
         pool.resize(1, 0, Duration::from_secs(1)); // one busy slot to retire
         pool.resize(2, 0, Duration::from_secs(1)); // and back: nothing to retire
         drop(a);
-        let c = pool.admit().await.unwrap();
-        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+        let c = pool.admit(Priority::Normal).await.unwrap();
+        assert_eq!(
+            pool.admit(Priority::Normal).await.unwrap_err(),
+            Rejected::QueueFull
+        );
         drop((b, c));
         assert_eq!(pool.in_flight(), 0);
-        let _x = pool.admit().await.unwrap();
-        let _y = pool.admit().await.unwrap();
-        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+        let _x = pool.admit(Priority::Normal).await.unwrap();
+        let _y = pool.admit(Priority::Normal).await.unwrap();
+        assert_eq!(
+            pool.admit(Priority::Normal).await.unwrap_err(),
+            Rejected::QueueFull
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn an_owned_permit_holds_the_slot_once_until_dropped() {
         let pool = Arc::new(Pool::new(1, 0, Duration::from_secs(1)));
-        let owned = pool.admit().await.unwrap().into_owned();
+        let owned = pool.admit(Priority::Normal).await.unwrap().into_owned();
         assert_eq!(pool.in_flight(), 1);
-        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+        assert_eq!(
+            pool.admit(Priority::Normal).await.unwrap_err(),
+            Rejected::QueueFull
+        );
         drop(owned);
         assert_eq!(pool.in_flight(), 0);
-        let _again = pool.admit().await.unwrap();
-        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+        let _again = pool.admit(Priority::Normal).await.unwrap();
+        assert_eq!(
+            pool.admit(Priority::Normal).await.unwrap_err(),
+            Rejected::QueueFull
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn zero_queue_rejects_when_busy() {
         let pool = Arc::new(Pool::new(1, 0, Duration::from_secs(1)));
-        let _held = pool.admit().await.unwrap();
-        assert_eq!(pool.admit().await.unwrap_err(), Rejected::QueueFull);
+        let _held = pool.admit(Priority::Normal).await.unwrap();
+        assert_eq!(
+            pool.admit(Priority::Normal).await.unwrap_err(),
+            Rejected::QueueFull
+        );
     }
 }

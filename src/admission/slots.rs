@@ -1,5 +1,6 @@
 //! The slots of an admission pool: a counting semaphore whose admission and release are one
-//! compare-and-swap each while nobody waits, with waiters served in arrival order.
+//! compare-and-swap each while nobody waits, with waiters served by priority class, and in
+//! arrival order within a class.
 //!
 //! tokio's semaphore takes its waiters' mutex on every release, whether anyone waits or not: on
 //! the request path that is two more atomic operations per request, and on several cores one
@@ -20,6 +21,7 @@ use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 
+use crate::config::Priority;
 use crate::sync::lock;
 
 /// Set in [`Slots::state`] while requests wait.
@@ -31,15 +33,33 @@ const ONE: usize = 2;
 pub struct Slots {
     /// Free slots times [`ONE`], plus [`WAITING`] while `queue` is not empty.
     state: AtomicUsize,
-    /// The waiting requests, in arrival order.
-    queue: Mutex<VecDeque<Arc<Waiter>>>,
+    /// The waiting requests, by class ([`Priority`] as an index), each in arrival order.
+    queue: Mutex<Queues>,
+}
+
+/// The waiting requests of each class, lowest class first.
+#[derive(Debug, Default)]
+struct Queues([VecDeque<Arc<Waiter>>; Priority::ALL.len()]);
+
+impl Queues {
+    fn is_empty(&self) -> bool {
+        self.0.iter().all(VecDeque::is_empty)
+    }
+
+    /// The first waiter of the highest class waiting.
+    fn pop_next(&mut self) -> Option<Arc<Waiter>> {
+        self.0.iter_mut().rev().find_map(VecDeque::pop_front)
+    }
 }
 
 /// A request waiting for a slot.
 #[derive(Debug, Default)]
 struct Waiter {
+    class: Priority,
     /// Set, under the queue's lock, when a released slot was handed to this waiter.
     granted: AtomicBool,
+    /// Set, under the queue's lock, when a request of a higher class took its place.
+    evicted: AtomicBool,
     waker: AtomicWaker,
 }
 
@@ -47,7 +67,7 @@ impl Slots {
     pub fn new(free: usize) -> Slots {
         Slots {
             state: AtomicUsize::new(free * ONE),
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queues::default()),
         }
     }
 
@@ -68,16 +88,37 @@ impl Slots {
         }
     }
 
-    /// Waits for a slot, behind the requests already waiting. Dropping the future leaves the
-    /// queue, or passes on a slot it was handed and had not taken yet.
-    pub fn acquire(&self) -> Acquire<'_> {
+    /// Waits for a slot, behind the requests of its class or a higher one already waiting.
+    /// Resolves to `false` when a request of a higher class took its place
+    /// ([`Slots::evict_below`]). Dropping the future leaves the queue, or passes on a slot it
+    /// was handed and had not taken yet.
+    pub fn acquire(&self, class: Priority) -> Acquire<'_> {
         Acquire {
             slots: self,
+            class,
             waiter: None,
         }
     }
 
-    /// Adds `n` free slots: to the waiters first, in order, then to the count.
+    /// Takes the place of the latest waiter of the lowest class below `class`, if any waits: it
+    /// is woken to leave at once. Whether one did.
+    pub fn evict_below(&self, class: Priority) -> bool {
+        let mut queue = lock(&self.queue);
+        let lower = &mut queue.0[..class as usize];
+        let Some(waiter) = lower.iter_mut().find_map(VecDeque::pop_back) else {
+            return false;
+        };
+        waiter.evicted.store(true, Ordering::Release);
+        waiter.waker.wake();
+        if queue.is_empty() {
+            // No slot was free while the bit was set.
+            self.state.store(0, Ordering::Release);
+        }
+        true
+    }
+
+    /// Adds `n` free slots: to the waiters first, highest class first and in order within a
+    /// class, then to the count.
     pub fn release(&self, n: usize) {
         if n == 0 {
             return;
@@ -105,7 +146,7 @@ impl Slots {
         // The bit is set and this holds the lock: nothing else changes the state.
         let mut left = n;
         while left > 0 {
-            let Some(waiter) = queue.pop_front() else {
+            let Some(waiter) = queue.pop_next() else {
                 break;
             };
             waiter.granted.store(true, Ordering::Release);
@@ -163,7 +204,7 @@ impl Slots {
                 Err(now) => s = now,
             }
         }
-        queue.push_back(Arc::clone(waiter));
+        queue.0[waiter.class as usize].push_back(Arc::clone(waiter));
         false
     }
 
@@ -176,9 +217,11 @@ impl Slots {
             self.release(1);
             return;
         }
-        // Not granted, so still queued, and the bit is set: nothing else changes the state.
-        if let Some(i) = queue.iter().position(|w| Arc::ptr_eq(w, waiter)) {
-            queue.remove(i);
+        // Not granted nor evicted, so still queued, and the bit is set: nothing else changes the
+        // state.
+        let mine = &mut queue.0[waiter.class as usize];
+        if let Some(i) = mine.iter().position(|w| Arc::ptr_eq(w, waiter)) {
+            mine.remove(i);
             if queue.is_empty() {
                 // No slot was free while the bit was set.
                 self.state.store(0, Ordering::Release);
@@ -193,28 +236,32 @@ impl Slots {
     }
 }
 
-/// The future of [`Slots::acquire`].
+/// The future of [`Slots::acquire`]: `true` with a slot, `false` when evicted.
 pub struct Acquire<'a> {
     slots: &'a Slots,
+    class: Priority,
     /// Set while it waits in the queue.
     waiter: Option<Arc<Waiter>>,
 }
 
 impl Future for Acquire<'_> {
-    type Output = ();
+    type Output = bool;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
         let slots = self.slots;
         match &self.waiter {
             None => {
                 if slots.try_acquire() {
-                    return Poll::Ready(());
+                    return Poll::Ready(true);
                 }
-                let waiter = Arc::new(Waiter::default());
+                let waiter = Arc::new(Waiter {
+                    class: self.class,
+                    ..Waiter::default()
+                });
                 // Registered before it can be granted, so the grant's wake is not lost.
                 waiter.waker.register(cx.waker());
                 if slots.enqueue(&waiter) {
-                    return Poll::Ready(());
+                    return Poll::Ready(true);
                 }
                 self.waiter = Some(waiter);
                 Poll::Pending
@@ -223,7 +270,10 @@ impl Future for Acquire<'_> {
                 waiter.waker.register(cx.waker());
                 if waiter.granted.load(Ordering::Acquire) {
                     self.waiter = None;
-                    Poll::Ready(())
+                    Poll::Ready(true)
+                } else if waiter.evicted.load(Ordering::Acquire) {
+                    self.waiter = None;
+                    Poll::Ready(false)
                 } else {
                     Poll::Pending
                 }
@@ -255,8 +305,8 @@ mod tests {
     fn waiters_are_served_in_order_and_block_newcomers() {
         let slots = Slots::new(1);
         assert!(slots.try_acquire());
-        let mut first = pin!(slots.acquire());
-        let mut second = pin!(slots.acquire());
+        let mut first = pin!(slots.acquire(Priority::Normal));
+        let mut second = pin!(slots.acquire(Priority::Normal));
         assert!(poll_once(first.as_mut()).is_pending());
         assert!(poll_once(second.as_mut()).is_pending());
         slots.release(1);
@@ -271,11 +321,35 @@ mod tests {
     }
 
     #[test]
+    fn the_highest_class_is_served_first_and_eviction_takes_the_lowest_latest() {
+        let slots = Slots::new(1);
+        assert!(slots.try_acquire());
+        let mut low_old = pin!(slots.acquire(Priority::Sheddable));
+        let mut low_new = pin!(slots.acquire(Priority::Sheddable));
+        let mut normal = pin!(slots.acquire(Priority::Normal));
+        for f in [low_old.as_mut(), low_new.as_mut(), normal.as_mut()] {
+            assert!(poll_once(f).is_pending());
+        }
+        // Nothing below sheddable; a critical request evicts the latest sheddable one.
+        assert!(!slots.evict_below(Priority::Sheddable));
+        assert!(slots.evict_below(Priority::Critical));
+        assert_eq!(poll_once(low_new.as_mut()), Poll::Ready(false));
+        slots.release(1);
+        assert_eq!(poll_once(normal.as_mut()), Poll::Ready(true));
+        assert!(poll_once(low_old.as_mut()).is_pending());
+        // The last waiter evicted: the queue is empty and a release counts again.
+        assert!(slots.evict_below(Priority::Normal));
+        assert_eq!(poll_once(low_old.as_mut()), Poll::Ready(false));
+        slots.release(1);
+        assert_eq!(slots.free(), 1);
+    }
+
+    #[test]
     fn a_slot_handed_to_a_waiter_that_left_is_passed_on() {
         let slots = Slots::new(1);
         assert!(slots.try_acquire());
-        let mut first = Box::pin(slots.acquire());
-        let mut second = Box::pin(slots.acquire());
+        let mut first = Box::pin(slots.acquire(Priority::Normal));
+        let mut second = Box::pin(slots.acquire(Priority::Normal));
         assert!(poll_once(first.as_mut()).is_pending());
         assert!(poll_once(second.as_mut()).is_pending());
         slots.release(1);
@@ -287,7 +361,7 @@ mod tests {
 
         // And with nobody behind it, the slot is free again.
         assert!(slots.try_acquire());
-        let mut alone = Box::pin(slots.acquire());
+        let mut alone = Box::pin(slots.acquire(Priority::Normal));
         assert!(poll_once(alone.as_mut()).is_pending());
         slots.release(1);
         drop(alone);
@@ -299,7 +373,7 @@ mod tests {
     fn the_last_waiter_leaving_frees_the_queue_and_released_slots_count() {
         let slots = Slots::new(1);
         assert!(slots.try_acquire());
-        let mut waiting = Box::pin(slots.acquire());
+        let mut waiting = Box::pin(slots.acquire(Priority::Normal));
         assert!(poll_once(waiting.as_mut()).is_pending());
         drop(waiting); // its client went away
         // Nobody waits: a release is a plain count again, and a newcomer takes it at once.
@@ -339,7 +413,11 @@ mod tests {
                         .unwrap();
                     // Bounded: a lost wake-up fails the test instead of hanging it.
                     let wait = || async {
-                        tokio::time::timeout(Duration::from_secs(10), slots.acquire()).await
+                        tokio::time::timeout(
+                            Duration::from_secs(10),
+                            slots.acquire(Priority::Normal),
+                        )
+                        .await
                     };
                     for i in 0..30_000 {
                         match i % 3 {
@@ -348,11 +426,11 @@ mod tests {
                                     continue;
                                 }
                             }
-                            1 => rt.block_on(wait()).expect("a slot within 10 s"),
+                            1 => assert!(rt.block_on(wait()).expect("a slot within 10 s")),
                             // Joins the queue and leaves it (its client went away), unless a
                             // slot was free; it may be handed one as it leaves.
                             _ => {
-                                let mut once = Box::pin(slots.acquire());
+                                let mut once = Box::pin(slots.acquire(Priority::Normal));
                                 if poll_once(once.as_mut()).is_pending() {
                                     continue;
                                 }

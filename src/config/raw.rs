@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::{LogFormat, OversizedBody, Problem, Protocol};
+use super::{LogFormat, OversizedBody, Priority, Problem, Protocol};
 
 pub(super) fn parse(text: &str) -> Result<RawConfig, Problem> {
     let de = toml::Deserializer::new(text);
@@ -146,6 +146,7 @@ pub(super) struct RawUpstream {
     pub(super) response_buffer: Option<RawSize>,
     pub(super) max_upgraded: Option<i64>,
     pub(super) tunnel_idle_timeout: Option<String>,
+    pub(super) priority_header: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -154,6 +155,7 @@ pub(super) struct RawRoute {
     pub(super) host: Option<String>,
     pub(super) path_prefix: Option<String>,
     pub(super) upstream: String,
+    pub(super) priority: Option<Priority>,
 }
 
 /// `tls = { ... }` on an upstream.

@@ -371,7 +371,10 @@ fn upgrade_limits() {
     assert_eq!(c.upstreams[0].tunnel_idle_timeout, Duration::from_secs(300));
     let c = Config::from_toml_str(&up("max_upgraded = 0\ntunnel_idle_timeout = \"2h\"")).unwrap();
     assert_eq!(c.upstreams[0].max_upgraded, 0);
-    assert_eq!(c.upstreams[0].tunnel_idle_timeout, Duration::from_secs(7200));
+    assert_eq!(
+        c.upstreams[0].tunnel_idle_timeout,
+        Duration::from_secs(7200)
+    );
     let p = problems(&up("max_upgraded = -1\ntunnel_idle_timeout = \"0s\""));
     assert!(has(&p, "upstream[0].max_upgraded", "range"), "{p:#?}");
     assert!(has(&p, "upstream[0].tunnel_idle_timeout", ""), "{p:#?}");

@@ -400,7 +400,25 @@ impl Validator {
             defaults::TUNNEL_IDLE_TIMEOUT,
             MAX_REQUEST_TIMEOUT,
         );
+        let priority_header = raw.priority_header.and_then(|name| {
+            let parsed = http::HeaderName::from_bytes(name.as_bytes());
+            let reserved = matches!(
+                name.to_ascii_lowercase().as_str(),
+                "host" | "connection" | "content-length" | "transfer-encoding" | "te" | "upgrade"
+            );
+            match parsed {
+                Ok(h) if !reserved => Some(h),
+                _ => {
+                    self.problem(
+                        at("priority_header"),
+                        format!("{name:?} is not a header name weir can read a class from, such as \"x-priority\""),
+                    );
+                    None
+                }
+            }
+        });
         UpstreamConfig {
+            priority_header,
             max_upgraded,
             tunnel_idle_timeout,
             request_buffer,
@@ -538,6 +556,7 @@ impl Validator {
             host,
             path_prefix: raw.path_prefix,
             upstream,
+            priority: raw.priority,
         })
     }
 

@@ -12,6 +12,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{Encoder, Registry, TextEncoder};
 
+use crate::config::Priority;
 use crate::http::ListenerInfo;
 use crate::proxy::Proxy;
 use crate::telemetry::{
@@ -160,9 +161,9 @@ const FAMILIES: &[(&str, &str, MetricType, &[&str])] = &[
     ),
     (
         "weir_queue_wait_seconds",
-        "Time admitted requests waited for a slot.",
+        "Time admitted requests waited for a slot, by priority class.",
         MetricType::HISTOGRAM,
-        &["upstream"],
+        &["upstream", "class"],
     ),
     (
         "weir_tunnels_open",
@@ -392,7 +393,14 @@ impl Collector for WeirCollector {
             f.counters("weir_upstream_errors_total", u, "kind", kinds);
             let duration = c.request_duration();
             f.push("weir_request_duration_seconds", &[u], Histogram(duration));
-            f.push("weir_queue_wait_seconds", &[u], Histogram(c.queue_wait()));
+            for class in Priority::ALL {
+                let labels = [u, ("class", class.as_str())];
+                f.push(
+                    "weir_queue_wait_seconds",
+                    &labels,
+                    Histogram(c.queue_wait(class)),
+                );
+            }
             let t = &c.tunnels;
             f.push("weir_tunnels_open", &[u], Gauge(t.open() as f64));
             let cap = upstream.max_upgraded() as f64;

@@ -99,9 +99,15 @@ impl Proxy {
             downstream.listener.counters.bad_request();
             return reject(e, record);
         }
-        let Some(upstream) = self.table.load().route(&req).cloned() else {
+        let Some((upstream, class)) = self.table.load().route(&req).map(|(u, c)| (u.clone(), c))
+        else {
             return reject(ProxyError::NoRoute, record);
         };
+        // A route's class is final; without one, the upstream's priority header may name one.
+        let class = class
+            .or_else(|| upstream.header_priority(req.headers()))
+            .unwrap_or_default();
+        record.set_class(class);
         // From here, dropping `record` before an answer exists counts `client_gone`.
         let (upstream, queue_wait) = record.route_to(upstream);
         let (parts, body) = req.into_parts();
@@ -122,7 +128,7 @@ impl Proxy {
                             downstream,
                             self.hook.as_ref(),
                             &self.buffers,
-                            queue_wait,
+                            (class, queue_wait),
                         )
                         .await
                 })

@@ -8,6 +8,7 @@ use std::time::Duration;
 use http::{Method, StatusCode, Uri};
 use tokio::time::Instant;
 
+use crate::config::Priority;
 use crate::telemetry::Reason;
 use crate::upstream::Upstream;
 
@@ -34,6 +35,8 @@ pub struct Record {
     /// 100 bytes) is then one pointer; with the access log on, it costs one small allocation.
     line: Option<Box<RequestLine>>,
     metrics: bool,
+    /// The priority class it was admitted under: its queue wait is counted per class.
+    class: Priority,
 }
 
 impl Record {
@@ -46,6 +49,7 @@ impl Record {
             status: None,
             reason: None,
             queue_wait: None,
+            class: Priority::Normal,
             bytes: 0,
             complete: false,
             line: log.then(|| {
@@ -66,6 +70,11 @@ impl Record {
     /// Notes the upstream the request goes to. Returns it, with the place where the request's
     /// queue wait is written once it is admitted, for the forwarding to borrow: the record holds
     /// the request's one reference to the upstream.
+    /// The priority class the request is admitted under.
+    pub fn set_class(&mut self, class: Priority) {
+        self.class = class;
+    }
+
     pub fn route_to(&mut self, upstream: Arc<Upstream>) -> (&Upstream, &mut Option<Duration>) {
         (self.upstream.insert(upstream), &mut self.queue_wait)
     }
@@ -109,7 +118,7 @@ impl Drop for Record {
                 self.reason = Some(Reason::ClientGone);
             }
             if self.metrics {
-                counters.finished(self.status, duration, self.queue_wait);
+                counters.finished(self.status, duration, self.queue_wait, self.class);
             }
         }
         let Some(line) = &self.line else { return };

@@ -69,6 +69,7 @@ mod tests {
             (ProxyError::BodyTooLarge, 413),
             (ProxyError::BufferFull, 503),
             (ProxyError::UpgradeLimit, 503),
+            (ProxyError::Evicted, 503),
             (ProxyError::ClientBody(io()), 400),
             (ProxyError::Internal, 500),
         ];

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use http::{HeaderValue, Request, Version, header};
 
-use crate::config::RouteConfig;
+use crate::config::{Priority, RouteConfig};
 use crate::error::ProxyError;
 use crate::upstream::Upstream;
 
@@ -26,10 +26,11 @@ impl Table {
         }
     }
 
-    /// The first route whose conditions all hold; with no routes, the only upstream.
-    pub(super) fn route<B>(&self, req: &Request<B>) -> Option<&Arc<Upstream>> {
+    /// The first route whose conditions all hold, and the class it sets; with no routes, the
+    /// only upstream.
+    pub(super) fn route<B>(&self, req: &Request<B>) -> Option<(&Arc<Upstream>, Option<Priority>)> {
         if self.routes.is_empty() {
-            return self.upstreams.first();
+            return self.upstreams.first().map(|u| (u, None));
         }
         let host = if self.by_host {
             request_host(req)
@@ -45,7 +46,7 @@ impl Table {
                     .is_none_or(|h| host.is_some_and(|rh| rh.eq_ignore_ascii_case(h)))
                     && r.path_prefix.as_deref().is_none_or(|p| path.starts_with(p))
             })
-            .map(|r| &self.upstreams[r.upstream])
+            .map(|r| (&self.upstreams[r.upstream], r.priority))
     }
 }
 
@@ -166,7 +167,7 @@ mod tests {
         p.table
             .load()
             .route(&b.body(()).unwrap())
-            .map(|u| u.name.clone())
+            .map(|(u, _)| u.name.clone())
     }
 
     #[tokio::test]

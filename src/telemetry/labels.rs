@@ -26,11 +26,13 @@ pub enum Reason {
     BufferFull,
     /// `max_upgraded` tunnels are open to the upstream (503).
     UpgradeLimit,
+    /// A request of a higher priority class took its queue place (503).
+    Evicted,
     Internal,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 15] = [
+    pub const ALL: [Reason; 16] = [
         Reason::QueueFull,
         Reason::QueueTimeout,
         Reason::Deadline,
@@ -45,6 +47,7 @@ impl Reason {
         Reason::BodyTooLarge,
         Reason::BufferFull,
         Reason::UpgradeLimit,
+        Reason::Evicted,
         Reason::Internal,
     ];
 
@@ -64,6 +67,7 @@ impl Reason {
             Reason::BodyTooLarge => "body_too_large",
             Reason::BufferFull => "buffer_full",
             Reason::UpgradeLimit => "upgrade_limit",
+            Reason::Evicted => "evicted",
             Reason::Internal => "internal",
         }
     }

@@ -1,7 +1,7 @@
 //! What weir counts, and under which labels: the upstream and listener counters the request path
 //! adds to, the latency histogram, and the fixed label sets. The request path only touches these;
 //! `ops::metrics` turns them into Prometheus families at scrape time. Nothing here imports any
-//! other layer of weir but the `sync` primitives.
+//! other layer of weir but the `sync` primitives and the configuration's priority classes.
 
 mod histogram;
 mod labels;

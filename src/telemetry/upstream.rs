@@ -7,6 +7,7 @@ use http::StatusCode;
 
 use super::histogram::Histogram;
 use super::labels::{Reason, UpstreamErrorKind, status_class};
+use crate::config::Priority;
 use crate::sync::Stripes;
 
 /// Per-upstream counters and latency histograms, indexed by enum. Those of every request are
@@ -19,7 +20,8 @@ pub struct UpstreamCounters {
     /// Answers by status class (see [`super::STATUS_CLASSES`]).
     responses: Stripes<5>,
     request_duration: Histogram,
-    queue_wait: Histogram,
+    /// By priority class (its value as the index).
+    queue_wait: [Histogram; Priority::ALL.len()],
     pub tunnels: TunnelCounters,
 }
 
@@ -77,19 +79,21 @@ impl TunnelCounters {
 }
 
 impl UpstreamCounters {
-    /// Counts one finished request: its answer's status, duration and queue wait.
+    /// Counts one finished request: its answer's status, duration and queue wait (in its
+    /// priority class).
     pub fn finished(
         &self,
         status: Option<StatusCode>,
         duration: Duration,
         queue_wait: Option<Duration>,
+        class: Priority,
     ) {
         if let Some(s) = status {
             self.responses.add(status_class(s), 1);
         }
         self.request_duration.observe(duration);
         if let Some(w) = queue_wait {
-            self.queue_wait.observe(w);
+            self.queue_wait[class as usize].observe(w);
         }
     }
 
@@ -102,8 +106,8 @@ impl UpstreamCounters {
         &self.request_duration
     }
 
-    pub fn queue_wait(&self) -> &Histogram {
-        &self.queue_wait
+    pub fn queue_wait(&self, class: Priority) -> &Histogram {
+        &self.queue_wait[class as usize]
     }
 
     pub fn reject(&self, reason: Reason) {

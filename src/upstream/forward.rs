@@ -15,7 +15,7 @@ use super::http1;
 use super::response_body::ResponseBody;
 use super::tunnel::{TunnelPermit, Upgraded};
 use crate::admission::{Permit, Pool, Rejected};
-use crate::config::{Limit, OversizedBody, Protocol, UpstreamConfig};
+use crate::config::{Limit, OversizedBody, Priority, Protocol, UpstreamConfig};
 use crate::error::{BoxError, ProxyError, RequestBodyError};
 use crate::http::{
     BufferPool, Downstream, Frames, RequestBody, Reservation, has_token, strip_hop_by_hop,
@@ -44,6 +44,7 @@ pub struct Upstream {
     adaptive: bool,
     max_upgraded: usize,
     tunnel_idle_timeout: Duration,
+    priority_header: Option<http::HeaderName>,
 }
 
 impl Upstream {
@@ -82,6 +83,7 @@ impl Upstream {
             adaptive: matches!(cfg.limit, Limit::Auto(_)),
             max_upgraded: cfg.max_upgraded,
             tunnel_idle_timeout: cfg.tunnel_idle_timeout,
+            priority_header: cfg.priority_header.clone(),
         }
     }
 
@@ -102,6 +104,13 @@ impl Upstream {
         self.client.idle_connections()
     }
 
+    /// The class `headers` name in the upstream's `priority_header`, when it has one and the
+    /// value is a class name.
+    pub fn header_priority(&self, headers: &http::HeaderMap) -> Option<Priority> {
+        let name = self.priority_header.as_ref()?;
+        Priority::from_bytes(headers.get(name)?.as_bytes())
+    }
+
     /// Tunnels allowed open at once (`max_upgraded`).
     pub fn max_upgraded(&self) -> usize {
         self.max_upgraded
@@ -120,7 +129,7 @@ impl Upstream {
         downstream: &Downstream,
         hook: Option<&RequestHook>,
         buffers: &BufferPool,
-        queue_wait: &mut Option<Duration>,
+        (class, queue_wait): (Priority, &mut Option<Duration>),
     ) -> Result<Response<ResponseBody>, ProxyError> {
         // An upgrade takes its place among the tunnels first: beyond `max_upgraded`, it is
         // refused before it waits for a slot.
@@ -132,9 +141,10 @@ impl Upstream {
                     .ok_or(ProxyError::UpgradeLimit)?,
             )),
         };
-        let permit = self.pool.admit().await.map_err(|r| match r {
+        let permit = self.pool.admit(class).await.map_err(|r| match r {
             Rejected::QueueFull => ProxyError::QueueFull,
             Rejected::QueueTimeout => ProxyError::QueueTimeout,
+            Rejected::Evicted => ProxyError::Evicted,
         })?;
         *queue_wait = Some(permit.queue_wait());
         if let Some(hook) = hook {

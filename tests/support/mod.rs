@@ -500,20 +500,26 @@ impl Metrics {
         }
     }
 
-    /// The observation count of histogram `name` for `upstream`.
+    /// The observation count of histogram `name` for `upstream`, over its other labels (the
+    /// queue wait's priority classes).
     pub fn histogram_count(&self, name: &str, upstream: &str) -> f64 {
-        let sample = self
+        let counts: Vec<f64> = self
             .0
             .samples
             .iter()
-            .find(|s| s.metric == name && s.labels.get("upstream") == Some(upstream))
-            .unwrap_or_else(|| panic!("no histogram {name}{{upstream={upstream}}}"));
-        match &sample.value {
-            prometheus_parse::Value::Histogram(buckets) => {
-                buckets.iter().map(|b| b.count).fold(0.0, f64::max)
-            }
-            other => panic!("{name} is not a histogram: {other:?}"),
-        }
+            .filter(|s| s.metric == name && s.labels.get("upstream") == Some(upstream))
+            .map(|s| match &s.value {
+                prometheus_parse::Value::Histogram(buckets) => {
+                    buckets.iter().map(|b| b.count).fold(0.0, f64::max)
+                }
+                other => panic!("{name} is not a histogram: {other:?}"),
+            })
+            .collect();
+        assert!(
+            !counts.is_empty(),
+            "no histogram {name}{{upstream={upstream}}}"
+        );
+        counts.iter().sum()
     }
 
     /// `weir_concurrency_limit` of `upstream`.

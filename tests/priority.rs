@@ -1,0 +1,171 @@
+//! Priority classes through a real weir and backend: a freed slot goes to the highest class
+//! waiting, a full queue sheds its lowest class's latest waiter at once, a route's class beats
+//! the header, and lower classes use every slot the higher ones leave.
+
+mod support;
+
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use support::*;
+use tokio::task::JoinHandle;
+
+/// weir with one slot, in front of the test backend; `x-priority` names a class, and requests
+/// for host `batch.test` are sheddable whatever they say.
+async fn one_slot(max_queue: usize) -> (Backend, Weir) {
+    let backend = spawn_backend().await;
+    let body = format!(
+        "{}\n[[route]]\nhost = \"batch.test\"\nupstream = \"app\"\npriority = \"sheddable\"\n\
+         [[route]]\nupstream = \"app\"\n",
+        upstream_toml(
+            backend.addr,
+            &format!(
+                "max_concurrency = 1\nmax_queue = {max_queue}\nqueue_timeout = \"20s\"\n\
+                 priority_header = \"x-priority\""
+            )
+        )
+    );
+    let weir = spawn_weir(&body).await;
+    (backend, weir)
+}
+
+/// A GET of `/gate` (answered when the test opens the gate) in the background.
+fn gated(weir: &Weir, class: Option<&str>, host: &str) -> JoinHandle<(StatusCode, String)> {
+    let mut req = Request::get(weir.url("/gate")).header("host", host);
+    if let Some(c) = class {
+        req = req.header("x-priority", c);
+    }
+    let req = req.body(Full::default()).unwrap();
+    let client = client();
+    tokio::spawn(async move {
+        let (status, headers, _) = send(&client, req).await;
+        let reason = headers
+            .get("x-weir-reject")
+            .map_or("-", |v| v.to_str().unwrap())
+            .to_string();
+        (status, reason)
+    })
+}
+
+async fn queued(weir: &Weir, n: usize) {
+    until("the queue to fill", || {
+        weir.upstream("app").pool().queue_depth() == n
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_freed_slot_goes_to_the_highest_class_waiting() {
+    let (backend, weir) = one_slot(10).await;
+    let held = gated(&weir, None, "a");
+    backend.stats.wait_seen(1).await;
+    let sheddable = gated(&weir, Some("sheddable"), "a");
+    queued(&weir, 1).await;
+    let normal = gated(&weir, None, "a");
+    queued(&weir, 2).await;
+    let critical = gated(&weir, Some("Critical"), "a");
+    queued(&weir, 3).await;
+    // One request at the backend at a time: each opening lets exactly the one holding the slot
+    // answer, and the slot then goes to the next by class, not by arrival.
+    backend.stats.open_gate(1);
+    assert_eq!(within("held", held).await.unwrap().0, 200);
+    backend.stats.open_gate(1);
+    assert_eq!(within("critical", critical).await.unwrap().0, 200);
+    assert!(!normal.is_finished() && !sheddable.is_finished());
+    backend.stats.open_gate(1);
+    assert_eq!(within("normal", normal).await.unwrap().0, 200);
+    assert!(!sheddable.is_finished());
+    backend.stats.open_gate(1);
+    assert_eq!(within("sheddable", sheddable).await.unwrap().0, 200);
+    let m = scrape(weir.admin).await;
+    let waits = |class| {
+        m.value(
+            "weir_queue_wait_seconds_count",
+            &[("upstream", "app"), ("class", class)],
+        )
+    };
+    assert_eq!(
+        (waits("critical"), waits("normal"), waits("sheddable")),
+        (1.0, 2.0, 1.0)
+    );
+}
+
+#[tokio::test]
+async fn a_full_queue_sheds_its_lowest_class_latest_waiter_at_once() {
+    let (backend, weir) = one_slot(2).await;
+    let held = gated(&weir, None, "a");
+    backend.stats.wait_seen(1).await;
+    let s1 = gated(&weir, Some("sheddable"), "a");
+    queued(&weir, 1).await;
+    let s2 = gated(&weir, Some("sheddable"), "a");
+    queued(&weir, 2).await;
+    // Full: a normal request takes the latest sheddable one's place, which is answered now.
+    let n1 = gated(&weir, None, "a");
+    assert_eq!(
+        within("the eviction", s2).await.unwrap(),
+        (StatusCode::SERVICE_UNAVAILABLE, "evicted".into())
+    );
+    queued(&weir, 2).await;
+    let c1 = gated(&weir, Some("critical"), "a");
+    assert_eq!(within("the eviction", s1).await.unwrap().1, "evicted");
+    queued(&weir, 2).await;
+    // Nothing lower is left to shed for a sheddable one, nor for a normal one.
+    let s3 = gated(&weir, Some("sheddable"), "a");
+    assert_eq!(within("s3", s3).await.unwrap().1, "queue_full");
+    let c2 = gated(&weir, Some("critical"), "a");
+    assert_eq!(within("the eviction", n1).await.unwrap().1, "evicted");
+    queued(&weir, 2).await;
+    backend.stats.open_gate(3);
+    for r in [held, c1, c2] {
+        assert_eq!(within("an answer", r).await.unwrap().0, 200);
+    }
+    let m = scrape(weir.admin).await;
+    let rejected = |reason| {
+        m.value(
+            "weir_requests_rejected_total",
+            &[("upstream", "app"), ("reason", reason)],
+        )
+    };
+    assert_eq!((rejected("evicted"), rejected("queue_full")), (3.0, 1.0));
+    // Those evicted never reached the backend.
+    assert_eq!(backend.stats.seen(), 3);
+}
+
+#[tokio::test]
+async fn a_routes_class_beats_the_header_and_an_unknown_value_is_normal() {
+    let (backend, weir) = one_slot(1).await;
+    let held = gated(&weir, None, "a");
+    backend.stats.wait_seen(1).await;
+    // Sheddable by its route, whatever it claims.
+    let batch = gated(&weir, Some("critical"), "batch.test");
+    queued(&weir, 1).await;
+    // "urgent" names no class: normal, which is still above sheddable.
+    let unknown = gated(&weir, Some("urgent"), "a");
+    assert_eq!(within("the eviction", batch).await.unwrap().1, "evicted");
+    queued(&weir, 1).await;
+    // A second normal one finds nothing lower to shed.
+    let normal = gated(&weir, None, "a");
+    assert_eq!(within("queue_full", normal).await.unwrap().1, "queue_full");
+    backend.stats.open_gate(2);
+    assert_eq!(within("held", held).await.unwrap().0, 200);
+    assert_eq!(within("unknown", unknown).await.unwrap().0, 200);
+}
+
+#[tokio::test]
+async fn lower_classes_use_every_slot_the_higher_ones_leave() {
+    let backend = spawn_backend().await;
+    let body = upstream_toml(
+        backend.addr,
+        "max_concurrency = 4\nmax_queue = 4\npriority_header = \"x-priority\"",
+    );
+    let weir = spawn_weir(&body).await;
+    // No other class waits: sheddable requests fill all four slots.
+    let batch: Vec<_> = (0..4)
+        .map(|_| gated(&weir, Some("sheddable"), "a"))
+        .collect();
+    backend.stats.wait_seen(4).await;
+    assert_eq!(weir.upstream("app").pool().in_flight(), 4);
+    backend.stats.open_gate(4);
+    for r in batch {
+        assert_eq!(within("a batch answer", r).await.unwrap().0, 200);
+    }
+}
