@@ -15,6 +15,8 @@
 #   E  HTTP/2 from the client (h2load, prior knowledge) through weir and nginx.
 #   F  the adaptive limit (bench/adaptive.sh): capacity steps, low load, a shared backend, CPU.
 #   G  WebSocket (bench/websocket.sh): messages/s, round-trip latency and CPU, weir vs nginx.
+#   H  shedding the right work (bench/shed.sh): a priority flood, weir with and without classes
+#      and HAProxy with set-priority-class.
 # The proxy under test runs pinned to core 1 with one worker; the backend and the load generator
 # share core 0. Every process started here is stopped on exit, by PID.
 #
@@ -292,6 +294,12 @@ if [ -z "${SKIP_G:-}" ]; then
     WEIR_BIN=$WEIR_BIN WEBSOCKET_OUT=$OUT/websocket bash bench/websocket.sh
 fi
 
+# ---- H: shedding the right work ----
+if [ -z "${SKIP_H:-}" ]; then
+    echo "H: shedding the right work (bench/shed.sh; results in $OUT/shed)"
+    WEIR_BIN=$WEIR_BIN SHED_OUT=$OUT/shed bash bench/shed.sh "$SECONDS_PER_RUN"
+fi
+
 python3 - "$OUT/results.jsonl" "$OUT/versions.txt" >"$OUT/results.md" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
@@ -379,6 +387,10 @@ tls = os.path.join(os.path.dirname(sys.argv[1]), "tls.md")
 if os.path.exists(tls):
     print("\n## D. TLS (ECDSA P-256), weir vs nginx\n")
     print(open(tls).read().strip())
+shed = os.path.join(os.path.dirname(sys.argv[1]), "shed", "results.md")
+if os.path.exists(shed):
+    print("\n## H. Shedding the right work\n")
+    print(open(shed).read().strip())
 ws = os.path.join(os.path.dirname(sys.argv[1]), "websocket", "results.md")
 if os.path.exists(ws):
     print("\n## G. WebSocket, weir vs nginx\n")
