@@ -56,7 +56,31 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// Routes in file order; the first match wins. Empty when a single upstream takes everything.
     pub routes: Vec<RouteConfig>,
+    /// `[reject_status]`: the status weir answers a reason with, where it is not the default
+    /// (a name of [`REJECT_REASONS`] and a 4xx or 5xx status).
+    pub reject_status: Vec<(&'static str, http::StatusCode)>,
 }
+
+/// The reasons weir answers for itself whose status `[reject_status]` may change: the
+/// `x-weir-reject` values (a unit test in `telemetry` holds the list to the reasons counted).
+pub const REJECT_REASONS: [&str; 16] = [
+    "queue_full",
+    "queue_timeout",
+    "deadline",
+    "upstream_connect",
+    "upstream_tls",
+    "upstream_reset",
+    "upstream_protocol",
+    "no_route",
+    "bad_request",
+    "body_timeout",
+    "body_too_large",
+    "buffer_full",
+    "upgrade_limit",
+    "evicted",
+    "deadline_unmeetable",
+    "internal",
+];
 
 /// Logging: level, format, and the access log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -213,6 +237,9 @@ pub struct UpstreamConfig {
     /// A request header naming the request's [`Priority`] class, honoured when its route sets
     /// none.
     pub priority_header: Option<http::HeaderName>,
+    /// A request header carrying a plain HTTP client's deadline, in milliseconds (gRPC's
+    /// `grpc-timeout` is always read); rewritten to what is left when forwarded.
+    pub deadline_header: Option<http::HeaderName>,
 }
 
 /// Where a backend listens.

@@ -43,6 +43,10 @@ pub enum ProxyError {
     UpgradeLimit,
     #[error("a request of a higher priority class took the queue place")]
     Evicted,
+    #[error("the client's deadline cannot cover the expected wait")]
+    DeadlineUnmeetable,
+    #[error("the client's deadline passed before the upstream answered")]
+    ClientDeadline,
     #[error("internal error (a panic) while handling the request")]
     Internal,
 }
@@ -97,6 +101,8 @@ impl ProxyError {
             ProxyError::BufferFull => Reason::BufferFull,
             ProxyError::UpgradeLimit => Reason::UpgradeLimit,
             ProxyError::Evicted => Reason::Evicted,
+            ProxyError::DeadlineUnmeetable => Reason::DeadlineUnmeetable,
+            ProxyError::ClientDeadline => Reason::Deadline,
             ProxyError::Internal => Reason::Internal,
         }
     }
@@ -122,6 +128,10 @@ impl ProxyError {
             | ProxyError::UpgradeLimit
             | ProxyError::Evicted => (StatusCode::SERVICE_UNAVAILABLE, "overloaded, retry later\n"),
             ProxyError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
+            ProxyError::DeadlineUnmeetable | ProxyError::ClientDeadline => (
+                StatusCode::GATEWAY_TIMEOUT,
+                "deadline too short for the wait\n",
+            ),
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamTls(_)
             | ProxyError::UpstreamReset(_)
@@ -132,6 +142,37 @@ impl ProxyError {
             ProxyError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "request body timed out\n"),
             ProxyError::BodyTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "request body too large\n"),
             ProxyError::Internal => (StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
+        }
+    }
+
+    /// The gRPC status a gRPC client is answered with (gRPC's status codes; the HTTP mapping of
+    /// its PROTOCOL-HTTP2 document where one applies), and whether it is overload, which comes
+    /// with a retry pushback.
+    pub(crate) fn grpc_status(&self) -> (u8, bool) {
+        const DEADLINE_EXCEEDED: u8 = 4;
+        const RESOURCE_EXHAUSTED: u8 = 8;
+        const UNIMPLEMENTED: u8 = 12;
+        const INTERNAL: u8 = 13;
+        const UNAVAILABLE: u8 = 14;
+        match self {
+            ProxyError::QueueFull
+            | ProxyError::QueueTimeout
+            | ProxyError::BufferFull
+            | ProxyError::UpgradeLimit
+            | ProxyError::Evicted => (UNAVAILABLE, true),
+            ProxyError::UpstreamConnect(_)
+            | ProxyError::UpstreamTls(_)
+            | ProxyError::UpstreamReset(_)
+            | ProxyError::UpstreamProtocol(_) => (UNAVAILABLE, false),
+            ProxyError::UpstreamTimeout
+            | ProxyError::DeadlineUnmeetable
+            | ProxyError::ClientDeadline
+            | ProxyError::BodyTimeout => (DEADLINE_EXCEEDED, false),
+            ProxyError::BodyTooLarge => (RESOURCE_EXHAUSTED, false),
+            ProxyError::NoRoute => (UNIMPLEMENTED, false),
+            ProxyError::BadRequest(_) | ProxyError::ClientBody(_) | ProxyError::Internal => {
+                (INTERNAL, false)
+            }
         }
     }
 }

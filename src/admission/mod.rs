@@ -5,11 +5,14 @@
 //! - `adaptive`: the adaptive limit's controller (`max_concurrency = "auto"`): windows of
 //!   latency samples in, a limit out; `controller`: the task that runs it for a pool; `state`:
 //!   what the pool keeps of it (samples, mode, the published baseline, sample and changes).
+//! - `pace`: how fast the queue drains and how long requests take, for deadline-aware admission
+//!   and a computed `Retry-After`.
 //! - [`slots`]: the pool's slots, taken and released with one compare-and-swap while nobody
 //!   waits, with waiters served in arrival order.
 
 mod adaptive;
 mod controller;
+mod pace;
 mod pool;
 mod slots;
 mod state;

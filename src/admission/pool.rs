@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+use super::pace::Pace;
 use super::slots::Slots;
 use super::state::Adaptive;
 use crate::config::{Limit, Priority};
@@ -28,6 +29,11 @@ pub enum Rejected {
     QueueTimeout,
     /// A request of a higher class took its queue place.
     Evicted,
+    /// The client's deadline cannot cover the wait the queue ahead and the recent service time
+    /// promise: refused before it waits.
+    Unmeetable,
+    /// The client's deadline passed while it waited.
+    Deadline,
 }
 
 /// One upstream's slots and queue.
@@ -55,6 +61,8 @@ pub struct Pool {
     counters: UpstreamCounters,
     /// The adaptive limit's samples and state (idle while the limit is fixed).
     adaptive: Adaptive,
+    /// How fast the queue drains, for deadlines and `Retry-After`.
+    pace: Pace,
 }
 
 /// A slot in the pool, released when dropped.
@@ -86,6 +94,7 @@ impl Pool {
             in_flight: Stripes::default(),
             counters: UpstreamCounters::default(),
             adaptive: Adaptive::default(),
+            pace: Pace::default(),
         }
     }
 
@@ -124,24 +133,53 @@ impl Pool {
     /// `queue_timeout` otherwise, or not at all when the queue is full of its class or higher
     /// ones. A full queue with a lower class waiting makes room: the latest waiter of the lowest
     /// class is answered at once ([`Rejected::Evicted`]).
-    pub async fn admit(self: &Arc<Self>, class: Priority) -> Result<Permit<'_>, Rejected> {
+    ///
+    /// With the client's `deadline`, a request that would wait is refused at once when the
+    /// queue ahead (at the pace it has been draining) and the recent service time would take
+    /// longer than the time left ([`Rejected::Unmeetable`]), and leaves the queue when the
+    /// deadline passes ([`Rejected::Deadline`]).
+    pub async fn admit(
+        self: &Arc<Self>,
+        class: Priority,
+        deadline: Option<Instant>,
+    ) -> Result<Permit<'_>, Rejected> {
         if self.slots.try_acquire() {
             return Ok(self.permit(Duration::ZERO));
         }
         // Boxed: the wait is the uncommon path, and its timer would otherwise make every
         // request's future (moved a few times per request) a few hundred bytes larger.
-        Box::pin(self.wait(class)).await
+        Box::pin(self.wait(class, deadline)).await
     }
 
-    /// Waits in the queue for a slot, up to `queue_timeout`.
-    async fn wait(self: &Arc<Self>, class: Priority) -> Result<Permit<'_>, Rejected> {
+    /// Waits in the queue for a slot, up to `queue_timeout` or the deadline.
+    async fn wait(
+        self: &Arc<Self>,
+        class: Priority,
+        deadline: Option<Instant>,
+    ) -> Result<Permit<'_>, Rejected> {
         self.adaptive.samples.limited();
+        let mut timeout = Duration::from_nanos(self.queue_timeout_nanos.load(Ordering::Relaxed));
+        let mut by_deadline = false;
+        if let Some(deadline) = deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if let Some(wait) = self.pace.queue_wait(self.queue_depth()) {
+                if wait + self.pace.service().unwrap_or_default() > left {
+                    return Err(Rejected::Unmeetable);
+                }
+            }
+            if left < timeout {
+                (timeout, by_deadline) = (left, true);
+            }
+        }
         let _place = self.enter_queue(class)?;
         let start = Instant::now();
-        let timeout = Duration::from_nanos(self.queue_timeout_nanos.load(Ordering::Relaxed));
         match tokio::time::timeout(timeout, self.slots.acquire(class)).await {
-            Ok(true) => Ok(self.permit(start.elapsed())),
+            Ok(true) => {
+                self.pace.granted();
+                Ok(self.permit(start.elapsed()))
+            }
             Ok(false) => Err(Rejected::Evicted),
+            Err(_) if by_deadline => Err(Rejected::Deadline),
             Err(_) => Err(Rejected::QueueTimeout),
         }
     }
@@ -247,6 +285,20 @@ impl Pool {
     pub fn adaptive(&self) -> &Adaptive {
         &self.adaptive
     }
+
+    /// How fast the queue drains and how long requests take.
+    pub(crate) fn pace(&self) -> &Pace {
+        &self.pace
+    }
+
+    /// How long the queue as it is now can be expected to take to drain, if its pace is known.
+    pub fn drain_time(&self) -> Option<Duration> {
+        let depth = self.queue_depth();
+        if depth == 0 {
+            return None;
+        }
+        self.pace.queue_wait(depth - 1)
+    }
 }
 
 fn nanos(d: Duration) -> u64 {
@@ -305,17 +357,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn admits_up_to_the_limit_then_queues_then_rejects() {
         let pool = Arc::new(Pool::new(2, 1, Duration::from_millis(100)));
-        let a = pool.admit(Priority::Normal).await.unwrap();
-        let _b = pool.admit(Priority::Normal).await.unwrap();
+        let a = pool.admit(Priority::Normal, None).await.unwrap();
+        let _b = pool.admit(Priority::Normal, None).await.unwrap();
         assert_eq!(pool.in_flight(), 2);
 
-        let mut queued = pin!(pool.admit(Priority::Normal));
+        let mut queued = pin!(pool.admit(Priority::Normal, None));
         assert!(poll_once(queued.as_mut()).is_pending());
         assert_eq!(pool.queue_depth(), 1);
 
         // The queue holds one: the next is turned away without waiting.
         assert_eq!(
-            pool.admit(Priority::Normal).await.unwrap_err(),
+            pool.admit(Priority::Normal, None).await.unwrap_err(),
             Rejected::QueueFull
         );
 
@@ -330,10 +382,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn queue_timeout_frees_the_place() {
         let pool = Arc::new(Pool::new(1, 4, Duration::from_millis(100)));
-        let _held = pool.admit(Priority::Normal).await.unwrap();
+        let _held = pool.admit(Priority::Normal, None).await.unwrap();
         let start = tokio::time::Instant::now();
         assert_eq!(
-            pool.admit(Priority::Normal).await.unwrap_err(),
+            pool.admit(Priority::Normal, None).await.unwrap_err(),
             Rejected::QueueTimeout
         );
         assert_eq!(start.elapsed(), Duration::from_millis(100));
@@ -343,10 +395,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn dropping_a_waiter_leaves_the_queue_and_keeps_order() {
         let pool = Arc::new(Pool::new(1, 4, Duration::from_secs(10)));
-        let held = pool.admit(Priority::Normal).await.unwrap();
-        let mut first = Box::pin(pool.admit(Priority::Normal));
-        let mut second = Box::pin(pool.admit(Priority::Normal));
-        let mut third = Box::pin(pool.admit(Priority::Normal));
+        let held = pool.admit(Priority::Normal, None).await.unwrap();
+        let mut first = Box::pin(pool.admit(Priority::Normal, None));
+        let mut second = Box::pin(pool.admit(Priority::Normal, None));
+        let mut third = Box::pin(pool.admit(Priority::Normal, None));
         assert!(poll_once(first.as_mut()).is_pending());
         assert!(poll_once(second.as_mut()).is_pending());
         assert!(poll_once(third.as_mut()).is_pending());
@@ -372,7 +424,7 @@ mod tests {
     async fn shrinking_keeps_admitted_work_and_retires_slots_as_they_free() {
         let pool = Arc::new(Pool::new(4, 0, Duration::from_secs(1)));
         let held: Vec<_> =
-            futures_util::future::join_all((0..3).map(|_| pool.admit(Priority::Normal)))
+            futures_util::future::join_all((0..3).map(|_| pool.admit(Priority::Normal, None)))
                 .await
                 .into_iter()
                 .map(Result::unwrap)
@@ -380,20 +432,20 @@ mod tests {
         pool.resize(1, 0, Duration::from_secs(1));
         assert_eq!(pool.in_flight(), 3, "admitted requests keep their slots");
         assert_eq!(
-            pool.admit(Priority::Normal).await.unwrap_err(),
+            pool.admit(Priority::Normal, None).await.unwrap_err(),
             Rejected::QueueFull
         );
         let mut held = held.into_iter();
         drop(held.next());
         drop(held.next());
         assert_eq!(
-            pool.admit(Priority::Normal).await.unwrap_err(),
+            pool.admit(Priority::Normal, None).await.unwrap_err(),
             Rejected::QueueFull
         );
         drop(held.next());
-        let one = pool.admit(Priority::Normal).await.unwrap();
+        let one = pool.admit(Priority::Normal, None).await.unwrap();
         assert_eq!(
-            pool.admit(Priority::Normal).await.unwrap_err(),
+            pool.admit(Priority::Normal, None).await.unwrap_err(),
             Rejected::QueueFull
         );
         drop(one);
@@ -401,10 +453,11 @@ mod tests {
         // Growing again cancels nothing and adds slots at once.
         pool.resize(3, 0, Duration::from_secs(1));
         let all: Vec<_> =
-            futures_util::future::join_all((0..3).map(|_| pool.admit(Priority::Normal))).await;
+            futures_util::future::join_all((0..3).map(|_| pool.admit(Priority::Normal, None)))
+                .await;
         assert!(all.iter().all(Result::is_ok));
         assert_eq!(
-            pool.admit(Priority::Normal).await.unwrap_err(),
+            pool.admit(Priority::Normal, None).await.unwrap_err(),
             Rejected::QueueFull
         );
     }
@@ -412,22 +465,22 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn growing_while_slots_retire_cancels_the_retirement() {
         let pool = Arc::new(Pool::new(2, 0, Duration::from_secs(1)));
-        let a = pool.admit(Priority::Normal).await.unwrap();
-        let b = pool.admit(Priority::Normal).await.unwrap();
+        let a = pool.admit(Priority::Normal, None).await.unwrap();
+        let b = pool.admit(Priority::Normal, None).await.unwrap();
         pool.resize(1, 0, Duration::from_secs(1)); // one busy slot to retire
         pool.resize(2, 0, Duration::from_secs(1)); // and back: nothing to retire
         drop(a);
-        let c = pool.admit(Priority::Normal).await.unwrap();
+        let c = pool.admit(Priority::Normal, None).await.unwrap();
         assert_eq!(
-            pool.admit(Priority::Normal).await.unwrap_err(),
+            pool.admit(Priority::Normal, None).await.unwrap_err(),
             Rejected::QueueFull
         );
         drop((b, c));
         assert_eq!(pool.in_flight(), 0);
-        let _x = pool.admit(Priority::Normal).await.unwrap();
-        let _y = pool.admit(Priority::Normal).await.unwrap();
+        let _x = pool.admit(Priority::Normal, None).await.unwrap();
+        let _y = pool.admit(Priority::Normal, None).await.unwrap();
         assert_eq!(
-            pool.admit(Priority::Normal).await.unwrap_err(),
+            pool.admit(Priority::Normal, None).await.unwrap_err(),
             Rejected::QueueFull
         );
     }
@@ -435,17 +488,21 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn an_owned_permit_holds_the_slot_once_until_dropped() {
         let pool = Arc::new(Pool::new(1, 0, Duration::from_secs(1)));
-        let owned = pool.admit(Priority::Normal).await.unwrap().into_owned();
+        let owned = pool
+            .admit(Priority::Normal, None)
+            .await
+            .unwrap()
+            .into_owned();
         assert_eq!(pool.in_flight(), 1);
         assert_eq!(
-            pool.admit(Priority::Normal).await.unwrap_err(),
+            pool.admit(Priority::Normal, None).await.unwrap_err(),
             Rejected::QueueFull
         );
         drop(owned);
         assert_eq!(pool.in_flight(), 0);
-        let _again = pool.admit(Priority::Normal).await.unwrap();
+        let _again = pool.admit(Priority::Normal, None).await.unwrap();
         assert_eq!(
-            pool.admit(Priority::Normal).await.unwrap_err(),
+            pool.admit(Priority::Normal, None).await.unwrap_err(),
             Rejected::QueueFull
         );
     }
@@ -453,9 +510,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn zero_queue_rejects_when_busy() {
         let pool = Arc::new(Pool::new(1, 0, Duration::from_secs(1)));
-        let _held = pool.admit(Priority::Normal).await.unwrap();
+        let _held = pool.admit(Priority::Normal, None).await.unwrap();
         assert_eq!(
-            pool.admit(Priority::Normal).await.unwrap_err(),
+            pool.admit(Priority::Normal, None).await.unwrap_err(),
             Rejected::QueueFull
         );
     }

@@ -67,6 +67,7 @@ pub(super) struct RawConfig {
     pub(super) upstream: Vec<RawUpstream>,
     #[serde(default)]
     pub(super) route: Vec<RawRoute>,
+    pub(super) reject_status: Option<std::collections::BTreeMap<String, i64>>,
 }
 
 #[derive(Deserialize)]
@@ -147,6 +148,7 @@ pub(super) struct RawUpstream {
     pub(super) max_upgraded: Option<i64>,
     pub(super) tunnel_idle_timeout: Option<String>,
     pub(super) priority_header: Option<String>,
+    pub(super) deadline_header: Option<String>,
 }
 
 #[derive(Deserialize)]

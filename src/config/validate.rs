@@ -99,7 +99,9 @@ impl Validator {
                 );
             }
         }
+        let reject_status = self.reject_status(raw.reject_status.unwrap_or_default());
         Config {
+            reject_status,
             drain_timeout,
             shutdown_delay,
             max_buffered_bytes,
@@ -400,25 +402,11 @@ impl Validator {
             defaults::TUNNEL_IDLE_TIMEOUT,
             MAX_REQUEST_TIMEOUT,
         );
-        let priority_header = raw.priority_header.and_then(|name| {
-            let parsed = http::HeaderName::from_bytes(name.as_bytes());
-            let reserved = matches!(
-                name.to_ascii_lowercase().as_str(),
-                "host" | "connection" | "content-length" | "transfer-encoding" | "te" | "upgrade"
-            );
-            match parsed {
-                Ok(h) if !reserved => Some(h),
-                _ => {
-                    self.problem(
-                        at("priority_header"),
-                        format!("{name:?} is not a header name weir can read a class from, such as \"x-priority\""),
-                    );
-                    None
-                }
-            }
-        });
+        let priority_header = self.header_name(at("priority_header"), raw.priority_header);
+        let deadline_header = self.header_name(at("deadline_header"), raw.deadline_header);
         UpstreamConfig {
             priority_header,
+            deadline_header,
             max_upgraded,
             tunnel_idle_timeout,
             request_buffer,
@@ -519,6 +507,54 @@ impl Validator {
                 self.problem(at(key), "only applies with max_concurrency = \"auto\"");
             }
         }
+    }
+
+    /// A request header weir reads a setting from: a valid name, not one HTTP itself uses.
+    fn header_name(&mut self, path: String, raw: Option<String>) -> Option<http::HeaderName> {
+        let name = raw?;
+        let reserved = matches!(
+            name.to_ascii_lowercase().as_str(),
+            "host" | "connection" | "content-length" | "transfer-encoding" | "te" | "upgrade"
+        );
+        match http::HeaderName::from_bytes(name.as_bytes()) {
+            Ok(h) if !reserved => Some(h),
+            _ => {
+                self.problem(
+                    path,
+                    format!("{name:?} is not a header name weir can read, such as \"x-priority\""),
+                );
+                None
+            }
+        }
+    }
+
+    /// `[reject_status]`: reason = status, each a reason weir answers and a 4xx or 5xx status.
+    fn reject_status(
+        &mut self,
+        raw: std::collections::BTreeMap<String, i64>,
+    ) -> Vec<(&'static str, http::StatusCode)> {
+        let mut out = Vec::new();
+        for (reason, code) in raw {
+            let path = format!("reject_status.{reason}");
+            let Some(name) = REJECT_REASONS.iter().find(|r| **r == reason) else {
+                self.problem(
+                    path,
+                    format!(
+                        "not a reason weir answers; one of: {}",
+                        REJECT_REASONS.join(", ")
+                    ),
+                );
+                continue;
+            };
+            match u16::try_from(code).ok().filter(|c| (400..=599).contains(c)) {
+                Some(c) => match http::StatusCode::from_u16(c) {
+                    Ok(status) => out.push((*name, status)),
+                    Err(_) => self.problem(path, format!("{code} is not a status code")),
+                },
+                None => self.problem(path, format!("{code} is not a 4xx or 5xx status")),
+            }
+        }
+        out
     }
 
     fn route(

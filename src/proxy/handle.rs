@@ -7,16 +7,19 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
-use http::{Request, Response, header};
+use std::time::Duration;
+
+use http::{Request, Response, Version, header};
 use hyper::body::Incoming;
 
 use super::record::Record;
+use super::respond::Answering;
 use super::route::{Table, settle_host};
 use crate::config::{Config, OversizedBody};
 use crate::error::ProxyError;
-use crate::http::{BufferPool, Buffered, Downstream, RequestBody};
+use crate::http::{BufferPool, Buffered, Downstream, RequestBody, client_budget, is_grpc};
 use crate::telemetry::SizeLimit;
-use crate::upstream::{RequestHook, ResponseBody, Upstream};
+use crate::upstream::{Admission, RequestHook, ResponseBody, Upstream};
 
 /// Everything the request path needs, shared by every connection.
 pub struct Proxy {
@@ -41,7 +44,7 @@ impl Proxy {
                     .iter()
                     .map(|u| Arc::new(Upstream::new(u)))
                     .collect(),
-                config.routes.clone(),
+                config,
             )),
             buffers: BufferPool::new(config.max_buffered_bytes),
             hook,
@@ -67,8 +70,7 @@ impl Proxy {
             })
             .collect();
         self.buffers.set_capacity(config.max_buffered_bytes);
-        self.table
-            .store(Arc::new(Table::new(upstreams, config.routes.clone())));
+        self.table.store(Arc::new(Table::new(upstreams, config)));
     }
 
     /// The current upstreams.
@@ -95,19 +97,23 @@ impl Proxy {
         );
         let started = record.started();
         let mut req = req;
+        // gRPC runs over HTTP/2 only: an HTTP/1.1 request costs no look-up.
+        let grpc = req.version() == Version::HTTP_2 && is_grpc(req.headers());
+        let table = self.table.load();
         if let Err(e) = settle_host(&mut req) {
             downstream.listener.counters.bad_request();
-            return reject(e, record);
+            return reject(e, record, &table, grpc);
         }
-        let Some((upstream, class)) = self.table.load().route(&req).map(|(u, c)| (u.clone(), c))
-        else {
-            return reject(ProxyError::NoRoute, record);
+        let Some((upstream, class)) = table.route(&req).map(|(u, c)| (u.clone(), c)) else {
+            return reject(ProxyError::NoRoute, record, &table, grpc);
         };
         // A route's class is final; without one, the upstream's priority header may name one.
         let class = class
             .or_else(|| upstream.header_priority(req.headers()))
             .unwrap_or_default();
         record.set_class(class);
+        let deadline = client_budget(req.headers(), grpc, upstream.deadline_header())
+            .map(|budget| started + budget);
         // From here, dropping `record` before an answer exists counts `client_gone`.
         let (upstream, queue_wait) = record.route_to(upstream);
         let (parts, body) = req.into_parts();
@@ -128,7 +134,12 @@ impl Proxy {
                             downstream,
                             self.hook.as_ref(),
                             &self.buffers,
-                            (class, queue_wait),
+                            Admission {
+                                class,
+                                deadline,
+                                grpc,
+                                queue_wait,
+                            },
                         )
                         .await
                 })
@@ -156,7 +167,7 @@ impl Proxy {
                 ProxyError::Internal
             }
         };
-        reject(err, record)
+        reject(err, record, &table, grpc)
     }
 
     /// Applies the body limits that can be decided before admission, and reads a body that fits
@@ -197,13 +208,20 @@ impl Proxy {
 
 /// Answers `err` (counted on the request's upstream, when it has one, see `respond`) and notes it
 /// in `record`.
-fn reject(err: ProxyError, mut record: Record) -> (Response<ResponseBody>, Record) {
+fn reject(
+    err: ProxyError,
+    mut record: Record,
+    table: &Table,
+    grpc: bool,
+) -> (Response<ResponseBody>, Record) {
     let reason = err.reason();
     let upstream = record.upstream();
-    let response = err.into_response(
-        upstream.map(|u| u.pool().counters()),
-        upstream.map(Upstream::retry_after),
-    );
+    let how = Answering {
+        grpc,
+        status: table.reject_status[reason as usize],
+        retry_after: upstream.map_or(Duration::from_secs(1), Upstream::retry_after),
+    };
+    let response = err.into_response(upstream.map(|u| u.pool().counters()), how);
     record.answered(response.status(), Some(reason));
     (response, record)
 }

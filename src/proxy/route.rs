@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
-use http::{HeaderValue, Request, Version, header};
+use http::{HeaderValue, Request, StatusCode, Version, header};
 
-use crate::config::{Priority, RouteConfig};
+use crate::config::{Config, Priority, RouteConfig};
 use crate::error::ProxyError;
+use crate::telemetry::Reason;
 use crate::upstream::Upstream;
 
 /// The routing table: upstreams and the rules that pick one.
@@ -14,15 +15,25 @@ pub(super) struct Table {
     routes: Vec<RouteConfig>,
     /// Some route has a host condition: only then is the request's host looked up again.
     by_host: bool,
+    /// `[reject_status]`, by [`Reason`] (its value as the index).
+    pub(super) reject_status: [Option<StatusCode>; Reason::ALL.len()],
 }
 
 impl Table {
-    pub(super) fn new(upstreams: Vec<Arc<Upstream>>, routes: Vec<RouteConfig>) -> Table {
+    pub(super) fn new(upstreams: Vec<Arc<Upstream>>, config: &Config) -> Table {
+        let routes = config.routes.clone();
         let by_host = routes.iter().any(|r| r.host.is_some());
+        let mut reject_status = [None; Reason::ALL.len()];
+        for (name, status) in &config.reject_status {
+            if let Some(r) = Reason::ALL.iter().find(|r| r.as_str() == *name) {
+                reject_status[*r as usize] = Some(*status);
+            }
+        }
         Table {
             upstreams,
             routes,
             by_host,
+            reject_status,
         }
     }
 

@@ -28,11 +28,13 @@ pub enum Reason {
     UpgradeLimit,
     /// A request of a higher priority class took its queue place (503).
     Evicted,
+    /// The client's deadline could not cover the expected wait: refused before queueing (504).
+    DeadlineUnmeetable,
     Internal,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 16] = [
+    pub const ALL: [Reason; 17] = [
         Reason::QueueFull,
         Reason::QueueTimeout,
         Reason::Deadline,
@@ -48,6 +50,7 @@ impl Reason {
         Reason::BufferFull,
         Reason::UpgradeLimit,
         Reason::Evicted,
+        Reason::DeadlineUnmeetable,
         Reason::Internal,
     ];
 
@@ -68,6 +71,7 @@ impl Reason {
             Reason::BufferFull => "buffer_full",
             Reason::UpgradeLimit => "upgrade_limit",
             Reason::Evicted => "evicted",
+            Reason::DeadlineUnmeetable => "deadline_unmeetable",
             Reason::Internal => "internal",
         }
     }
@@ -185,6 +189,16 @@ pub fn status_class(status: http::StatusCode) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_configurable_reasons_are_every_reason_weir_answers() {
+        let answered: Vec<&str> = Reason::ALL
+            .iter()
+            .filter(|r| **r != Reason::ClientGone)
+            .map(|r| r.as_str())
+            .collect();
+        assert_eq!(answered, crate::config::REJECT_REASONS);
+    }
 
     #[test]
     fn status_classes() {

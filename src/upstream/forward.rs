@@ -18,9 +18,25 @@ use crate::admission::{Permit, Pool, Rejected};
 use crate::config::{Limit, OversizedBody, Priority, Protocol, UpstreamConfig};
 use crate::error::{BoxError, ProxyError, RequestBodyError};
 use crate::http::{
-    BufferPool, Downstream, Frames, RequestBody, Reservation, has_token, strip_hop_by_hop,
+    BufferPool, Downstream, Frames, GRPC_TIMEOUT, RequestBody, Reservation, grpc_timeout,
+    has_token, strip_hop_by_hop,
 };
 use crate::sync::LentTimer;
+
+/// What the proxy learned of a request before it is forwarded: the class it is admitted under,
+/// the client's deadline, whether it is gRPC, and where its queue wait is noted.
+pub struct Admission<'a> {
+    pub class: Priority,
+    /// The client's deadline (`grpc-timeout`, or the upstream's `deadline_header`), from the
+    /// request's arrival; the earlier of it and `request_timeout` bounds the exchange.
+    pub deadline: Option<Instant>,
+    pub grpc: bool,
+    pub queue_wait: &'a mut Option<Duration>,
+}
+
+/// A deadline forwarded to the backend is this much shorter than what is left, for the trip
+/// back: the backend gives up a little before the client does.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
 
 /// Called after a request is admitted and before it is forwarded. Tests use it to inject faults
 /// (a panic) at the point where a slot is held; production runs have none.
@@ -35,8 +51,8 @@ pub struct Upstream {
     /// The backend's address and protocol live in the client's settings.
     pub(super) client: Client,
     request_timeout: Duration,
-    /// `Retry-After` value for this upstream's 503s, rendered once.
-    retry_after: HeaderValue,
+    /// When to come back after a 503, while the queue's pace is unknown (`retry_after`).
+    retry_after: Duration,
     request_buffer: u64,
     oversized_body: OversizedBody,
     response_buffer: u64,
@@ -45,6 +61,7 @@ pub struct Upstream {
     max_upgraded: usize,
     tunnel_idle_timeout: Duration,
     priority_header: Option<http::HeaderName>,
+    deadline_header: Option<http::HeaderName>,
 }
 
 impl Upstream {
@@ -76,7 +93,7 @@ impl Upstream {
             pool,
             client,
             request_timeout: cfg.request_timeout,
-            retry_after: HeaderValue::from(cfg.retry_after_secs),
+            retry_after: Duration::from_secs(cfg.retry_after_secs),
             request_buffer: cfg.request_buffer,
             response_buffer: cfg.response_buffer,
             oversized_body: cfg.oversized_body,
@@ -84,6 +101,7 @@ impl Upstream {
             max_upgraded: cfg.max_upgraded,
             tunnel_idle_timeout: cfg.tunnel_idle_timeout,
             priority_header: cfg.priority_header.clone(),
+            deadline_header: cfg.deadline_header.clone(),
         }
     }
 
@@ -116,8 +134,18 @@ impl Upstream {
         self.max_upgraded
     }
 
-    pub fn retry_after(&self) -> &HeaderValue {
-        &self.retry_after
+    /// When a client turned away should come back: the time the queue as it is now takes to
+    /// drain at the pace it has been draining, bounded to 10 ms .. 60 s; `retry_after` while
+    /// that pace is unknown (no queue has drained yet, or none waits now).
+    pub fn retry_after(&self) -> Duration {
+        self.pool.drain_time().map_or(self.retry_after, |d| {
+            d.clamp(Duration::from_millis(10), Duration::from_secs(60))
+        })
+    }
+
+    /// The header carrying a plain HTTP client's deadline, if configured.
+    pub fn deadline_header(&self) -> Option<&http::HeaderName> {
+        self.deadline_header.as_ref()
     }
 
     /// Admits `req` through the pool and forwards it. The returned response's body holds the slot
@@ -129,8 +157,14 @@ impl Upstream {
         downstream: &Downstream,
         hook: Option<&RequestHook>,
         buffers: &BufferPool,
-        (class, queue_wait): (Priority, &mut Option<Duration>),
+        admission: Admission<'_>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
+        let Admission {
+            class,
+            deadline: client_deadline,
+            grpc,
+            queue_wait,
+        } = admission;
         // An upgrade takes its place among the tunnels first: beyond `max_upgraded`, it is
         // refused before it waits for a slot.
         let upgrade = match self.upgrade_asked(&parts) {
@@ -141,17 +175,29 @@ impl Upstream {
                     .ok_or(ProxyError::UpgradeLimit)?,
             )),
         };
-        let permit = self.pool.admit(class).await.map_err(|r| match r {
-            Rejected::QueueFull => ProxyError::QueueFull,
-            Rejected::QueueTimeout => ProxyError::QueueTimeout,
-            Rejected::Evicted => ProxyError::Evicted,
-        })?;
+        let permit = self
+            .pool
+            .admit(class, client_deadline)
+            .await
+            .map_err(|r| match r {
+                Rejected::QueueFull => ProxyError::QueueFull,
+                Rejected::QueueTimeout => ProxyError::QueueTimeout,
+                Rejected::Evicted => ProxyError::Evicted,
+                Rejected::Unmeetable => ProxyError::DeadlineUnmeetable,
+                Rejected::Deadline => ProxyError::ClientDeadline,
+            })?;
         *queue_wait = Some(permit.queue_wait());
         if let Some(hook) = hook {
             hook(&parts);
         }
         let sent = Instant::now();
-        let deadline = sent + self.request_timeout;
+        let mut deadline = sent + self.request_timeout;
+        // The client's own deadline, when it comes first, bounds the exchange; the backend is
+        // told what is left.
+        let client_bound = client_deadline.filter(|d| *d < deadline);
+        if let Some(d) = client_bound {
+            deadline = d;
+        }
         let mut timer = downstream.timer.lend(deadline);
         let forwarded = self.rewrite(&mut parts, downstream)?;
         if let Some((protocol, _)) = &upgrade {
@@ -160,6 +206,14 @@ impl Upstream {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol.clone());
         }
+        if client_deadline.is_some() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let left = left.saturating_sub(DEADLINE_MARGIN);
+            if left.is_zero() {
+                return Err(ProxyError::ClientDeadline);
+            }
+            self.propagate(&mut parts.headers, left, grpc);
+        }
         let fields = forwarded.fields();
         // Pinned here: the limit holds a pointer to it, not a second copy of its state.
         let send = std::pin::pin!(
@@ -167,9 +221,14 @@ impl Upstream {
                 .send(&mut parts, body, fields, upgrade.is_some())
         );
         let response = match timer.limit(send).await {
+            // The client's deadline is not the backend's failure.
+            None if client_bound.is_some() => Err(ProxyError::ClientDeadline),
             None => Err(ProxyError::UpstreamTimeout),
             Some(sent) => sent.map_err(classify),
         };
+        if client_deadline.is_some() && response.is_ok() {
+            self.pool.pace().served(sent.elapsed());
+        }
         if self.adaptive {
             self.sample(sent, &response);
         }
@@ -230,6 +289,18 @@ impl Upstream {
         headers.insert(header::UPGRADE, protocol);
         let tunnel = Upgraded::new(stream, ahead, permit, self.tunnel_idle_timeout);
         Ok(Response::from_parts(parts, ResponseBody::upgraded(tunnel)))
+    }
+
+    /// Tells the backend the time `left`: `grpc-timeout` on a gRPC request, and the deadline
+    /// header in milliseconds when the upstream has one.
+    fn propagate(&self, headers: &mut http::HeaderMap, left: Duration, grpc: bool) {
+        if grpc {
+            headers.insert(GRPC_TIMEOUT.clone(), grpc_timeout(left));
+        }
+        if let Some(name) = &self.deadline_header {
+            let ms = u64::try_from(left.as_millis()).unwrap_or(u64::MAX);
+            headers.insert(name.clone(), HeaderValue::from(ms));
+        }
     }
 
     /// Records how the exchange went for the adaptive limit: the time to the response head, or a

@@ -22,7 +22,7 @@ mod stream;
 mod tls;
 mod tunnel;
 
-pub use forward::{RequestHook, Upstream};
+pub use forward::{Admission, RequestHook, Upstream};
 pub use response_body::{BodyError, ResponseBody};
 pub use tls::{UpstreamTlsError, check_upstream_tls};
 pub use tunnel::Upgraded;
