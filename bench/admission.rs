@@ -11,7 +11,7 @@ use weir::config::Priority;
 
 fn admit_release(pool: &Arc<Pool>) {
     // A free slot admits without waiting, so the future completes on its first poll.
-    let permit = pool.admit(Priority::Normal, None).now_or_never();
+    let permit = pool.admit(Priority::Normal, None, 0).now_or_never();
     std::hint::black_box(&permit);
     drop(permit);
 }

@@ -63,7 +63,7 @@ pub struct Config {
 
 /// The reasons weir answers for itself whose status `[reject_status]` may change: the
 /// `x-weir-reject` values (a unit test in `telemetry` holds the list to the reasons counted).
-pub const REJECT_REASONS: [&str; 16] = [
+pub const REJECT_REASONS: [&str; 17] = [
     "queue_full",
     "queue_timeout",
     "deadline",
@@ -79,6 +79,7 @@ pub const REJECT_REASONS: [&str; 16] = [
     "upgrade_limit",
     "evicted",
     "deadline_unmeetable",
+    "tenant_share",
     "internal",
 ];
 
@@ -240,6 +241,11 @@ pub struct UpstreamConfig {
     /// A request header carrying a plain HTTP client's deadline, in milliseconds (gRPC's
     /// `grpc-timeout` is always read); rewritten to what is left when forwarded.
     pub deadline_header: Option<http::HeaderName>,
+    /// A request header naming the request's tenant: waiting requests are served round-robin
+    /// across tenants, and one holding `tenant_max_share` of the limit while others wait is
+    /// shed first.
+    pub tenant_header: Option<http::HeaderName>,
+    pub tenant_max_share: f64,
 }
 
 /// Where a backend listens.
@@ -527,5 +533,6 @@ pub mod defaults {
     /// A tenth of `max_connections`: each tunnel holds a client connection and a backend one.
     pub const MAX_UPGRADED: usize = 1000;
     pub const TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+    pub const TENANT_MAX_SHARE: f64 = 0.5;
     pub const BODY_RATE_GRACE: Duration = Duration::from_secs(10);
 }

@@ -47,6 +47,8 @@ pub enum ProxyError {
     DeadlineUnmeetable,
     #[error("the client's deadline passed before the upstream answered")]
     ClientDeadline,
+    #[error("the request's tenant holds its share of the upstream while others wait")]
+    TenantShare,
     #[error("internal error (a panic) while handling the request")]
     Internal,
 }
@@ -103,6 +105,7 @@ impl ProxyError {
             ProxyError::Evicted => Reason::Evicted,
             ProxyError::DeadlineUnmeetable => Reason::DeadlineUnmeetable,
             ProxyError::ClientDeadline => Reason::Deadline,
+            ProxyError::TenantShare => Reason::TenantShare,
             ProxyError::Internal => Reason::Internal,
         }
     }
@@ -122,6 +125,10 @@ impl ProxyError {
     pub(crate) fn status(&self) -> (StatusCode, &'static str) {
         match self {
             ProxyError::NoRoute => (StatusCode::NOT_FOUND, "no route\n"),
+            ProxyError::TenantShare => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "tenant over its share, retry later\n",
+            ),
             ProxyError::QueueFull
             | ProxyError::QueueTimeout
             | ProxyError::BufferFull
@@ -169,6 +176,7 @@ impl ProxyError {
             | ProxyError::ClientDeadline
             | ProxyError::BodyTimeout => (DEADLINE_EXCEEDED, false),
             ProxyError::BodyTooLarge => (RESOURCE_EXHAUSTED, false),
+            ProxyError::TenantShare => (RESOURCE_EXHAUSTED, true),
             ProxyError::NoRoute => (UNIMPLEMENTED, false),
             ProxyError::BadRequest(_) | ProxyError::ClientBody(_) | ProxyError::Internal => {
                 (INTERNAL, false)

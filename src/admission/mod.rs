@@ -7,6 +7,7 @@
 //!   what the pool keeps of it (samples, mode, the published baseline, sample and changes).
 //! - `pace`: how fast the queue drains and how long requests take, for deadline-aware admission
 //!   and a computed `Retry-After`.
+//! - `tenants`: the bounded table of tenants (`tenant_header`) and what each has in flight.
 //! - [`slots`]: the pool's slots, taken and released with one compare-and-swap while nobody
 //!   waits, with waiters served in arrival order.
 
@@ -16,5 +17,7 @@ mod pace;
 mod pool;
 mod slots;
 mod state;
+mod tenants;
 
 pub use pool::{OwnedPermit, Permit, Pool, Rejected};
+pub use tenants::{TenantId, tenant_of};

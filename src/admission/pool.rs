@@ -14,8 +14,9 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::pace::Pace;
-use super::slots::Slots;
+use super::slots::{Evicted, Slots};
 use super::state::Adaptive;
+use super::tenants::{TenantId, Tenants};
 use crate::config::{Limit, Priority};
 use crate::sync::Stripes;
 use crate::telemetry::UpstreamCounters;
@@ -34,6 +35,9 @@ pub enum Rejected {
     Unmeetable,
     /// The client's deadline passed while it waited.
     Deadline,
+    /// Its tenant holds its share (`tenant_max_share`) while other tenants wait, or lost its
+    /// queue place to one that needed it.
+    TenantShare,
 }
 
 /// One upstream's slots and queue.
@@ -63,12 +67,16 @@ pub struct Pool {
     adaptive: Adaptive,
     /// How fast the queue drains, for deadlines and `Retry-After`.
     pace: Pace,
+    /// What each tenant has in flight, and its share (`tenant_header` upstreams only).
+    tenants: Tenants,
 }
 
 /// A slot in the pool, released when dropped.
 #[derive(Debug)]
 pub struct Permit<'a> {
     pool: &'a Arc<Pool>,
+    /// Counted in flight for its tenant (0: none).
+    tenant: TenantId,
     /// How long the request waited in the queue (zero when a slot was free at once).
     queue_wait: Duration,
 }
@@ -77,6 +85,7 @@ pub struct Permit<'a> {
 #[derive(Debug)]
 pub struct OwnedPermit {
     pool: Arc<Pool>,
+    tenant: TenantId,
 }
 
 /// A place in the queue, given back when dropped (admitted, timed out, or client gone).
@@ -95,6 +104,7 @@ impl Pool {
             counters: UpstreamCounters::default(),
             adaptive: Adaptive::default(),
             pace: Pace::default(),
+            tenants: Tenants::default(),
         }
     }
 
@@ -142,13 +152,14 @@ impl Pool {
         self: &Arc<Self>,
         class: Priority,
         deadline: Option<Instant>,
+        tenant: TenantId,
     ) -> Result<Permit<'_>, Rejected> {
         if self.slots.try_acquire() {
-            return Ok(self.permit(Duration::ZERO));
+            return Ok(self.permit(Duration::ZERO, tenant));
         }
         // Boxed: the wait is the uncommon path, and its timer would otherwise make every
         // request's future (moved a few times per request) a few hundred bytes larger.
-        Box::pin(self.wait(class, deadline)).await
+        Box::pin(self.wait(class, deadline, tenant)).await
     }
 
     /// Waits in the queue for a slot, up to `queue_timeout` or the deadline.
@@ -156,6 +167,7 @@ impl Pool {
         self: &Arc<Self>,
         class: Priority,
         deadline: Option<Instant>,
+        tenant: TenantId,
     ) -> Result<Permit<'_>, Rejected> {
         self.adaptive.samples.limited();
         let mut timeout = Duration::from_nanos(self.queue_timeout_nanos.load(Ordering::Relaxed));
@@ -171,17 +183,31 @@ impl Pool {
                 (timeout, by_deadline) = (left, true);
             }
         }
-        let _place = self.enter_queue(class)?;
-        let start = Instant::now();
-        match tokio::time::timeout(timeout, self.slots.acquire(class)).await {
-            Ok(true) => {
-                self.pace.granted();
-                Ok(self.permit(start.elapsed()))
+        if tenant != 0 {
+            // A tenant at its share waits only while nobody else does.
+            let (mine, others) = self.slots.waiting(tenant);
+            let cap = self.tenants.cap(self.max_concurrency());
+            if others && self.tenants.in_flight(tenant) + mine >= cap {
+                return Err(Rejected::TenantShare);
             }
-            Ok(false) => Err(Rejected::Evicted),
+        }
+        let _place = self.enter_queue(class, tenant)?;
+        let start = Instant::now();
+        match tokio::time::timeout(timeout, self.slots.acquire(class, tenant)).await {
+            Ok(Ok(())) => {
+                self.pace.granted();
+                Ok(self.permit(start.elapsed(), tenant))
+            }
+            Ok(Err(Evicted::ForClass)) => Err(Rejected::Evicted),
+            Ok(Err(Evicted::OverShare)) => Err(Rejected::TenantShare),
             Err(_) if by_deadline => Err(Rejected::Deadline),
             Err(_) => Err(Rejected::QueueTimeout),
         }
+    }
+
+    /// Sets `tenant_max_share`: the share of the limit one tenant may hold while others wait.
+    pub fn set_tenant_share(&self, share: f64) {
+        self.tenants.set_max_share(share);
     }
 
     /// Applies new limits (a configuration reload). Raising `max_concurrency` frees slots at once;
@@ -216,7 +242,7 @@ impl Pool {
         }
     }
 
-    fn enter_queue(&self, class: Priority) -> Result<QueuePlace<'_>, Rejected> {
+    fn enter_queue(&self, class: Priority, tenant: TenantId) -> Result<QueuePlace<'_>, Rejected> {
         let max_queue = self.max_queue.load(Ordering::Relaxed);
         let entered = self
             .queued
@@ -224,9 +250,12 @@ impl Pool {
                 (q < max_queue).then_some(q + 1)
             });
         if entered.is_err() {
-            // Full: a lower class's latest waiter gives up its place (it leaves the count as
-            // its wait ends, so the queue is over its limit by one for that moment).
-            if class == Priority::Sheddable || !self.slots.evict_below(class) {
+            // Full: a lower class's latest waiter gives up its place, or else the latest of a
+            // tenant over its share (it leaves the count as its wait ends, so the queue is over
+            // its limit by one for that moment).
+            let made_room = (class != Priority::Sheddable && self.slots.evict_below(class))
+                || (tenant != 0 && self.evict_over_share(class, tenant));
+            if !made_room {
                 return Err(Rejected::QueueFull);
             }
             self.queued.fetch_add(1, Ordering::AcqRel);
@@ -234,17 +263,32 @@ impl Pool {
         Ok(QueuePlace(self))
     }
 
-    fn permit(self: &Arc<Self>, queue_wait: Duration) -> Permit<'_> {
+    /// Makes room in a full queue for `tenant`: the tenant with the most requests waiting, if it
+    /// holds more than its share and more than `tenant` does, loses its latest waiter.
+    fn evict_over_share(&self, class: Priority, tenant: TenantId) -> bool {
+        let Some((other, waiting)) = self.slots.largest_other(class, tenant) else {
+            return false;
+        };
+        let cap = self.tenants.cap(self.max_concurrency());
+        let theirs = self.tenants.in_flight(other) + waiting;
+        let mine = self.tenants.in_flight(tenant) + self.slots.waiting(tenant).0;
+        theirs > cap && theirs > mine + 1 && self.slots.evict_tenant(class, other)
+    }
+
+    fn permit(self: &Arc<Self>, queue_wait: Duration, tenant: TenantId) -> Permit<'_> {
         self.in_flight.add(0, 1);
+        self.tenants.enter(tenant);
         Permit {
             pool: self,
+            tenant,
             queue_wait,
         }
     }
 
     /// Gives a slot back: to the slots, or to a retirement a lowered limit asked for.
-    fn release(&self) {
+    fn release(&self, tenant: TenantId) {
         self.in_flight.add(0, 1u64.wrapping_neg());
+        self.tenants.leave(tenant);
         // Almost always zero: one relaxed load on the common path.
         if self.retiring.load(Ordering::Relaxed) > 0
             && self
@@ -312,16 +356,16 @@ impl Permit<'_> {
 
     /// The slot, held on past the pool's borrow.
     pub fn into_owned(self) -> OwnedPermit {
-        let pool = Arc::clone(self.pool);
+        let (pool, tenant) = (Arc::clone(self.pool), self.tenant);
         // The slot passes to the owned permit: not released here.
         std::mem::forget(self);
-        OwnedPermit { pool }
+        OwnedPermit { pool, tenant }
     }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        self.pool.release();
+        self.pool.release(self.tenant);
     }
 }
 
@@ -333,7 +377,7 @@ impl OwnedPermit {
 
 impl Drop for OwnedPermit {
     fn drop(&mut self) {
-        self.pool.release();
+        self.pool.release(self.tenant);
     }
 }
 
@@ -357,17 +401,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn admits_up_to_the_limit_then_queues_then_rejects() {
         let pool = Arc::new(Pool::new(2, 1, Duration::from_millis(100)));
-        let a = pool.admit(Priority::Normal, None).await.unwrap();
-        let _b = pool.admit(Priority::Normal, None).await.unwrap();
+        let a = pool.admit(Priority::Normal, None, 0).await.unwrap();
+        let _b = pool.admit(Priority::Normal, None, 0).await.unwrap();
         assert_eq!(pool.in_flight(), 2);
 
-        let mut queued = pin!(pool.admit(Priority::Normal, None));
+        let mut queued = pin!(pool.admit(Priority::Normal, None, 0));
         assert!(poll_once(queued.as_mut()).is_pending());
         assert_eq!(pool.queue_depth(), 1);
 
         // The queue holds one: the next is turned away without waiting.
         assert_eq!(
-            pool.admit(Priority::Normal, None).await.unwrap_err(),
+            pool.admit(Priority::Normal, None, 0).await.unwrap_err(),
             Rejected::QueueFull
         );
 
@@ -382,10 +426,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn queue_timeout_frees_the_place() {
         let pool = Arc::new(Pool::new(1, 4, Duration::from_millis(100)));
-        let _held = pool.admit(Priority::Normal, None).await.unwrap();
+        let _held = pool.admit(Priority::Normal, None, 0).await.unwrap();
         let start = tokio::time::Instant::now();
         assert_eq!(
-            pool.admit(Priority::Normal, None).await.unwrap_err(),
+            pool.admit(Priority::Normal, None, 0).await.unwrap_err(),
             Rejected::QueueTimeout
         );
         assert_eq!(start.elapsed(), Duration::from_millis(100));
@@ -395,10 +439,10 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn dropping_a_waiter_leaves_the_queue_and_keeps_order() {
         let pool = Arc::new(Pool::new(1, 4, Duration::from_secs(10)));
-        let held = pool.admit(Priority::Normal, None).await.unwrap();
-        let mut first = Box::pin(pool.admit(Priority::Normal, None));
-        let mut second = Box::pin(pool.admit(Priority::Normal, None));
-        let mut third = Box::pin(pool.admit(Priority::Normal, None));
+        let held = pool.admit(Priority::Normal, None, 0).await.unwrap();
+        let mut first = Box::pin(pool.admit(Priority::Normal, None, 0));
+        let mut second = Box::pin(pool.admit(Priority::Normal, None, 0));
+        let mut third = Box::pin(pool.admit(Priority::Normal, None, 0));
         assert!(poll_once(first.as_mut()).is_pending());
         assert!(poll_once(second.as_mut()).is_pending());
         assert!(poll_once(third.as_mut()).is_pending());
@@ -424,7 +468,7 @@ mod tests {
     async fn shrinking_keeps_admitted_work_and_retires_slots_as_they_free() {
         let pool = Arc::new(Pool::new(4, 0, Duration::from_secs(1)));
         let held: Vec<_> =
-            futures_util::future::join_all((0..3).map(|_| pool.admit(Priority::Normal, None)))
+            futures_util::future::join_all((0..3).map(|_| pool.admit(Priority::Normal, None, 0)))
                 .await
                 .into_iter()
                 .map(Result::unwrap)
@@ -432,20 +476,20 @@ mod tests {
         pool.resize(1, 0, Duration::from_secs(1));
         assert_eq!(pool.in_flight(), 3, "admitted requests keep their slots");
         assert_eq!(
-            pool.admit(Priority::Normal, None).await.unwrap_err(),
+            pool.admit(Priority::Normal, None, 0).await.unwrap_err(),
             Rejected::QueueFull
         );
         let mut held = held.into_iter();
         drop(held.next());
         drop(held.next());
         assert_eq!(
-            pool.admit(Priority::Normal, None).await.unwrap_err(),
+            pool.admit(Priority::Normal, None, 0).await.unwrap_err(),
             Rejected::QueueFull
         );
         drop(held.next());
-        let one = pool.admit(Priority::Normal, None).await.unwrap();
+        let one = pool.admit(Priority::Normal, None, 0).await.unwrap();
         assert_eq!(
-            pool.admit(Priority::Normal, None).await.unwrap_err(),
+            pool.admit(Priority::Normal, None, 0).await.unwrap_err(),
             Rejected::QueueFull
         );
         drop(one);
@@ -453,11 +497,11 @@ mod tests {
         // Growing again cancels nothing and adds slots at once.
         pool.resize(3, 0, Duration::from_secs(1));
         let all: Vec<_> =
-            futures_util::future::join_all((0..3).map(|_| pool.admit(Priority::Normal, None)))
+            futures_util::future::join_all((0..3).map(|_| pool.admit(Priority::Normal, None, 0)))
                 .await;
         assert!(all.iter().all(Result::is_ok));
         assert_eq!(
-            pool.admit(Priority::Normal, None).await.unwrap_err(),
+            pool.admit(Priority::Normal, None, 0).await.unwrap_err(),
             Rejected::QueueFull
         );
     }
@@ -465,22 +509,22 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn growing_while_slots_retire_cancels_the_retirement() {
         let pool = Arc::new(Pool::new(2, 0, Duration::from_secs(1)));
-        let a = pool.admit(Priority::Normal, None).await.unwrap();
-        let b = pool.admit(Priority::Normal, None).await.unwrap();
+        let a = pool.admit(Priority::Normal, None, 0).await.unwrap();
+        let b = pool.admit(Priority::Normal, None, 0).await.unwrap();
         pool.resize(1, 0, Duration::from_secs(1)); // one busy slot to retire
         pool.resize(2, 0, Duration::from_secs(1)); // and back: nothing to retire
         drop(a);
-        let c = pool.admit(Priority::Normal, None).await.unwrap();
+        let c = pool.admit(Priority::Normal, None, 0).await.unwrap();
         assert_eq!(
-            pool.admit(Priority::Normal, None).await.unwrap_err(),
+            pool.admit(Priority::Normal, None, 0).await.unwrap_err(),
             Rejected::QueueFull
         );
         drop((b, c));
         assert_eq!(pool.in_flight(), 0);
-        let _x = pool.admit(Priority::Normal, None).await.unwrap();
-        let _y = pool.admit(Priority::Normal, None).await.unwrap();
+        let _x = pool.admit(Priority::Normal, None, 0).await.unwrap();
+        let _y = pool.admit(Priority::Normal, None, 0).await.unwrap();
         assert_eq!(
-            pool.admit(Priority::Normal, None).await.unwrap_err(),
+            pool.admit(Priority::Normal, None, 0).await.unwrap_err(),
             Rejected::QueueFull
         );
     }
@@ -489,20 +533,20 @@ mod tests {
     async fn an_owned_permit_holds_the_slot_once_until_dropped() {
         let pool = Arc::new(Pool::new(1, 0, Duration::from_secs(1)));
         let owned = pool
-            .admit(Priority::Normal, None)
+            .admit(Priority::Normal, None, 0)
             .await
             .unwrap()
             .into_owned();
         assert_eq!(pool.in_flight(), 1);
         assert_eq!(
-            pool.admit(Priority::Normal, None).await.unwrap_err(),
+            pool.admit(Priority::Normal, None, 0).await.unwrap_err(),
             Rejected::QueueFull
         );
         drop(owned);
         assert_eq!(pool.in_flight(), 0);
-        let _again = pool.admit(Priority::Normal, None).await.unwrap();
+        let _again = pool.admit(Priority::Normal, None, 0).await.unwrap();
         assert_eq!(
-            pool.admit(Priority::Normal, None).await.unwrap_err(),
+            pool.admit(Priority::Normal, None, 0).await.unwrap_err(),
             Rejected::QueueFull
         );
     }
@@ -510,9 +554,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn zero_queue_rejects_when_busy() {
         let pool = Arc::new(Pool::new(1, 0, Duration::from_secs(1)));
-        let _held = pool.admit(Priority::Normal, None).await.unwrap();
+        let _held = pool.admit(Priority::Normal, None, 0).await.unwrap();
         assert_eq!(
-            pool.admit(Priority::Normal, None).await.unwrap_err(),
+            pool.admit(Priority::Normal, None, 0).await.unwrap_err(),
             Rejected::QueueFull
         );
     }

@@ -12,15 +12,17 @@
 //! fails, so a new request cannot overtake the queue. The bit is set and cleared only under the
 //! queue's lock, with the queue: set when the first waiter joins, cleared when the last leaves.
 
+use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use futures_util::task::AtomicWaker;
 
+use super::tenants::TenantId;
 use crate::config::Priority;
 use crate::sync::lock;
 
@@ -39,27 +41,113 @@ pub struct Slots {
 
 /// The waiting requests of each class, lowest class first.
 #[derive(Debug, Default)]
-struct Queues([VecDeque<Arc<Waiter>>; Priority::ALL.len()]);
+struct Queues([ClassQueue; Priority::ALL.len()]);
 
 impl Queues {
     fn is_empty(&self) -> bool {
-        self.0.iter().all(VecDeque::is_empty)
+        self.0.iter().all(ClassQueue::is_empty)
     }
 
-    /// The first waiter of the highest class waiting.
+    /// The next waiter of the highest class waiting.
     fn pop_next(&mut self) -> Option<Arc<Waiter>> {
-        self.0.iter_mut().rev().find_map(VecDeque::pop_front)
+        self.0.iter_mut().rev().find_map(ClassQueue::pop_next)
     }
+}
+
+/// The waiters of one class, by tenant: served round-robin across tenants (one request per
+/// tenant per turn), in arrival order within a tenant. Without tenants (all are tenant 0), it is
+/// one queue in arrival order.
+#[derive(Debug, Default)]
+struct ClassQueue {
+    by_tenant: HashMap<TenantId, VecDeque<Arc<Waiter>>>,
+    /// Tenants with waiters, in the order of their next turn.
+    ring: VecDeque<TenantId>,
+}
+
+impl ClassQueue {
+    fn is_empty(&self) -> bool {
+        self.ring.is_empty()
+    }
+
+    fn push(&mut self, waiter: Arc<Waiter>) {
+        let queue = self.by_tenant.entry(waiter.tenant).or_default();
+        if queue.is_empty() {
+            self.ring.push_back(waiter.tenant);
+        }
+        queue.push_back(waiter);
+    }
+
+    /// The first waiter of the tenant whose turn it is.
+    fn pop_next(&mut self) -> Option<Arc<Waiter>> {
+        let tenant = self.ring.pop_front()?;
+        let queue = self.by_tenant.get_mut(&tenant)?;
+        let waiter = queue.pop_front();
+        if queue.is_empty() {
+            self.by_tenant.remove(&tenant);
+        } else {
+            self.ring.push_back(tenant);
+        }
+        waiter
+    }
+
+    /// The latest waiter of `tenant`, or of the tenant with the most waiters when `None`.
+    fn pop_latest(&mut self, tenant: Option<TenantId>) -> Option<Arc<Waiter>> {
+        let tenant = match tenant {
+            Some(t) => t,
+            None => *self.by_tenant.iter().max_by_key(|(_, q)| q.len())?.0,
+        };
+        let queue = self.by_tenant.get_mut(&tenant)?;
+        let waiter = queue.pop_back();
+        if queue.is_empty() {
+            self.forget(tenant);
+        }
+        waiter
+    }
+
+    /// Takes `waiter` out; whether it was here.
+    fn remove(&mut self, waiter: &Arc<Waiter>) -> bool {
+        let Some(queue) = self.by_tenant.get_mut(&waiter.tenant) else {
+            return false;
+        };
+        let Some(i) = queue.iter().position(|w| Arc::ptr_eq(w, waiter)) else {
+            return false;
+        };
+        queue.remove(i);
+        if queue.is_empty() {
+            self.forget(waiter.tenant);
+        }
+        true
+    }
+
+    fn forget(&mut self, tenant: TenantId) {
+        self.by_tenant.remove(&tenant);
+        self.ring.retain(|t| *t != tenant);
+    }
+
+    fn waiting(&self, tenant: TenantId) -> usize {
+        self.by_tenant.get(&tenant).map_or(0, VecDeque::len)
+    }
+}
+
+/// Why a waiter was taken out of the queue before its turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evicted {
+    /// A request of a higher class took its place.
+    ForClass,
+    /// Its tenant held more than its share while another tenant needed the place.
+    OverShare,
 }
 
 /// A request waiting for a slot.
 #[derive(Debug, Default)]
 struct Waiter {
     class: Priority,
+    tenant: TenantId,
     /// Set, under the queue's lock, when a released slot was handed to this waiter.
     granted: AtomicBool,
-    /// Set, under the queue's lock, when a request of a higher class took its place.
-    evicted: AtomicBool,
+    /// Set, under the queue's lock, when another request took its place: 1 for a higher class,
+    /// 2 for a tenant over its share.
+    evicted: AtomicU8,
     waker: AtomicWaker,
 }
 
@@ -88,14 +176,15 @@ impl Slots {
         }
     }
 
-    /// Waits for a slot, behind the requests of its class or a higher one already waiting.
-    /// Resolves to `false` when a request of a higher class took its place
-    /// ([`Slots::evict_below`]). Dropping the future leaves the queue, or passes on a slot it
-    /// was handed and had not taken yet.
-    pub fn acquire(&self, class: Priority) -> Acquire<'_> {
+    /// Waits for a slot, behind the requests of its class or a higher one already waiting, in
+    /// its tenant's turn. Resolves to the slot, or to why another request took its place
+    /// ([`Slots::evict_below`], [`Slots::evict_tenant`]). Dropping the future leaves the queue,
+    /// or passes on a slot it was handed and had not taken yet.
+    pub fn acquire(&self, class: Priority, tenant: TenantId) -> Acquire<'_> {
         Acquire {
             slots: self,
             class,
+            tenant,
             waiter: None,
         }
     }
@@ -105,16 +194,60 @@ impl Slots {
     pub fn evict_below(&self, class: Priority) -> bool {
         let mut queue = lock(&self.queue);
         let lower = &mut queue.0[..class as usize];
-        let Some(waiter) = lower.iter_mut().find_map(VecDeque::pop_back) else {
+        let Some(waiter) = lower.iter_mut().find_map(|q| q.pop_latest(None)) else {
             return false;
         };
-        waiter.evicted.store(true, Ordering::Release);
+        self.evicted(&mut queue, &waiter, Evicted::ForClass);
+        true
+    }
+
+    /// Takes the place of the latest waiter of `tenant` in `class` or a lower one. Whether one
+    /// waited.
+    pub fn evict_tenant(&self, class: Priority, tenant: TenantId) -> bool {
+        let mut queue = lock(&self.queue);
+        let classes = &mut queue.0[..=class as usize];
+        let Some(waiter) = classes.iter_mut().find_map(|q| q.pop_latest(Some(tenant))) else {
+            return false;
+        };
+        self.evicted(&mut queue, &waiter, Evicted::OverShare);
+        true
+    }
+
+    /// Tells an evicted waiter, under the queue's lock.
+    fn evicted(&self, queue: &mut Queues, waiter: &Waiter, why: Evicted) {
+        let code = match why {
+            Evicted::ForClass => 1,
+            Evicted::OverShare => 2,
+        };
+        waiter.evicted.store(code, Ordering::Release);
         waiter.waker.wake();
         if queue.is_empty() {
             // No slot was free while the bit was set.
             self.state.store(0, Ordering::Release);
         }
-        true
+    }
+
+    /// The tenant other than `me` with the most requests waiting in `class` or a lower one, and
+    /// how many.
+    pub fn largest_other(&self, class: Priority, me: TenantId) -> Option<(TenantId, usize)> {
+        let queue = lock(&self.queue);
+        let mut counts: HashMap<TenantId, usize> = HashMap::new();
+        for q in &queue.0[..=class as usize] {
+            for (t, waiting) in &q.by_tenant {
+                if *t != me {
+                    *counts.entry(*t).or_default() += waiting.len();
+                }
+            }
+        }
+        counts.into_iter().max_by_key(|(_, n)| *n)
+    }
+
+    /// Requests of `tenant` waiting now, and whether any other tenant's wait.
+    pub fn waiting(&self, tenant: TenantId) -> (usize, bool) {
+        let queue = lock(&self.queue);
+        let mine: usize = queue.0.iter().map(|q| q.waiting(tenant)).sum();
+        let others = queue.0.iter().any(|q| q.ring.iter().any(|t| *t != tenant));
+        (mine, others)
     }
 
     /// Adds `n` free slots: to the waiters first, highest class first and in order within a
@@ -204,7 +337,7 @@ impl Slots {
                 Err(now) => s = now,
             }
         }
-        queue.0[waiter.class as usize].push_back(Arc::clone(waiter));
+        queue.0[waiter.class as usize].push(Arc::clone(waiter));
         false
     }
 
@@ -219,13 +352,9 @@ impl Slots {
         }
         // Not granted nor evicted, so still queued, and the bit is set: nothing else changes the
         // state.
-        let mine = &mut queue.0[waiter.class as usize];
-        if let Some(i) = mine.iter().position(|w| Arc::ptr_eq(w, waiter)) {
-            mine.remove(i);
-            if queue.is_empty() {
-                // No slot was free while the bit was set.
-                self.state.store(0, Ordering::Release);
-            }
+        if queue.0[waiter.class as usize].remove(waiter) && queue.is_empty() {
+            // No slot was free while the bit was set.
+            self.state.store(0, Ordering::Release);
         }
     }
 
@@ -236,32 +365,34 @@ impl Slots {
     }
 }
 
-/// The future of [`Slots::acquire`]: `true` with a slot, `false` when evicted.
+/// The future of [`Slots::acquire`].
 pub struct Acquire<'a> {
     slots: &'a Slots,
     class: Priority,
+    tenant: TenantId,
     /// Set while it waits in the queue.
     waiter: Option<Arc<Waiter>>,
 }
 
 impl Future for Acquire<'_> {
-    type Output = bool;
+    type Output = Result<(), Evicted>;
 
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Evicted>> {
         let slots = self.slots;
         match &self.waiter {
             None => {
                 if slots.try_acquire() {
-                    return Poll::Ready(true);
+                    return Poll::Ready(Ok(()));
                 }
                 let waiter = Arc::new(Waiter {
                     class: self.class,
+                    tenant: self.tenant,
                     ..Waiter::default()
                 });
                 // Registered before it can be granted, so the grant's wake is not lost.
                 waiter.waker.register(cx.waker());
                 if slots.enqueue(&waiter) {
-                    return Poll::Ready(true);
+                    return Poll::Ready(Ok(()));
                 }
                 self.waiter = Some(waiter);
                 Poll::Pending
@@ -270,13 +401,15 @@ impl Future for Acquire<'_> {
                 waiter.waker.register(cx.waker());
                 if waiter.granted.load(Ordering::Acquire) {
                     self.waiter = None;
-                    Poll::Ready(true)
-                } else if waiter.evicted.load(Ordering::Acquire) {
-                    self.waiter = None;
-                    Poll::Ready(false)
-                } else {
-                    Poll::Pending
+                    return Poll::Ready(Ok(()));
                 }
+                let why = match waiter.evicted.load(Ordering::Acquire) {
+                    0 => return Poll::Pending,
+                    1 => Evicted::ForClass,
+                    _ => Evicted::OverShare,
+                };
+                self.waiter = None;
+                Poll::Ready(Err(why))
             }
         }
     }
@@ -305,8 +438,8 @@ mod tests {
     fn waiters_are_served_in_order_and_block_newcomers() {
         let slots = Slots::new(1);
         assert!(slots.try_acquire());
-        let mut first = pin!(slots.acquire(Priority::Normal));
-        let mut second = pin!(slots.acquire(Priority::Normal));
+        let mut first = pin!(slots.acquire(Priority::Normal, 0));
+        let mut second = pin!(slots.acquire(Priority::Normal, 0));
         assert!(poll_once(first.as_mut()).is_pending());
         assert!(poll_once(second.as_mut()).is_pending());
         slots.release(1);
@@ -324,22 +457,28 @@ mod tests {
     fn the_highest_class_is_served_first_and_eviction_takes_the_lowest_latest() {
         let slots = Slots::new(1);
         assert!(slots.try_acquire());
-        let mut low_old = pin!(slots.acquire(Priority::Sheddable));
-        let mut low_new = pin!(slots.acquire(Priority::Sheddable));
-        let mut normal = pin!(slots.acquire(Priority::Normal));
+        let mut low_old = pin!(slots.acquire(Priority::Sheddable, 0));
+        let mut low_new = pin!(slots.acquire(Priority::Sheddable, 0));
+        let mut normal = pin!(slots.acquire(Priority::Normal, 0));
         for f in [low_old.as_mut(), low_new.as_mut(), normal.as_mut()] {
             assert!(poll_once(f).is_pending());
         }
         // Nothing below sheddable; a critical request evicts the latest sheddable one.
         assert!(!slots.evict_below(Priority::Sheddable));
         assert!(slots.evict_below(Priority::Critical));
-        assert_eq!(poll_once(low_new.as_mut()), Poll::Ready(false));
+        assert_eq!(
+            poll_once(low_new.as_mut()),
+            Poll::Ready(Err(Evicted::ForClass))
+        );
         slots.release(1);
-        assert_eq!(poll_once(normal.as_mut()), Poll::Ready(true));
+        assert_eq!(poll_once(normal.as_mut()), Poll::Ready(Ok(())));
         assert!(poll_once(low_old.as_mut()).is_pending());
         // The last waiter evicted: the queue is empty and a release counts again.
         assert!(slots.evict_below(Priority::Normal));
-        assert_eq!(poll_once(low_old.as_mut()), Poll::Ready(false));
+        assert_eq!(
+            poll_once(low_old.as_mut()),
+            Poll::Ready(Err(Evicted::ForClass))
+        );
         slots.release(1);
         assert_eq!(slots.free(), 1);
     }
@@ -348,8 +487,8 @@ mod tests {
     fn a_slot_handed_to_a_waiter_that_left_is_passed_on() {
         let slots = Slots::new(1);
         assert!(slots.try_acquire());
-        let mut first = Box::pin(slots.acquire(Priority::Normal));
-        let mut second = Box::pin(slots.acquire(Priority::Normal));
+        let mut first = Box::pin(slots.acquire(Priority::Normal, 0));
+        let mut second = Box::pin(slots.acquire(Priority::Normal, 0));
         assert!(poll_once(first.as_mut()).is_pending());
         assert!(poll_once(second.as_mut()).is_pending());
         slots.release(1);
@@ -361,7 +500,7 @@ mod tests {
 
         // And with nobody behind it, the slot is free again.
         assert!(slots.try_acquire());
-        let mut alone = Box::pin(slots.acquire(Priority::Normal));
+        let mut alone = Box::pin(slots.acquire(Priority::Normal, 0));
         assert!(poll_once(alone.as_mut()).is_pending());
         slots.release(1);
         drop(alone);
@@ -373,7 +512,7 @@ mod tests {
     fn the_last_waiter_leaving_frees_the_queue_and_released_slots_count() {
         let slots = Slots::new(1);
         assert!(slots.try_acquire());
-        let mut waiting = Box::pin(slots.acquire(Priority::Normal));
+        let mut waiting = Box::pin(slots.acquire(Priority::Normal, 0));
         assert!(poll_once(waiting.as_mut()).is_pending());
         drop(waiting); // its client went away
         // Nobody waits: a release is a plain count again, and a newcomer takes it at once.
@@ -415,7 +554,7 @@ mod tests {
                     let wait = || async {
                         tokio::time::timeout(
                             Duration::from_secs(10),
-                            slots.acquire(Priority::Normal),
+                            slots.acquire(Priority::Normal, 0),
                         )
                         .await
                     };
@@ -426,11 +565,11 @@ mod tests {
                                     continue;
                                 }
                             }
-                            1 => assert!(rt.block_on(wait()).expect("a slot within 10 s")),
+                            1 => rt.block_on(wait()).expect("a slot within 10 s").unwrap(),
                             // Joins the queue and leaves it (its client went away), unless a
                             // slot was free; it may be handed one as it leaves.
                             _ => {
-                                let mut once = Box::pin(slots.acquire(Priority::Normal));
+                                let mut once = Box::pin(slots.acquire(Priority::Normal, 0));
                                 if poll_once(once.as_mut()).is_pending() {
                                     continue;
                                 }

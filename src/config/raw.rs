@@ -149,6 +149,8 @@ pub(super) struct RawUpstream {
     pub(super) tunnel_idle_timeout: Option<String>,
     pub(super) priority_header: Option<String>,
     pub(super) deadline_header: Option<String>,
+    pub(super) tenant_header: Option<String>,
+    pub(super) tenant_max_share: Option<f64>,
 }
 
 #[derive(Deserialize)]

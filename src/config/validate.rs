@@ -404,9 +404,26 @@ impl Validator {
         );
         let priority_header = self.header_name(at("priority_header"), raw.priority_header);
         let deadline_header = self.header_name(at("deadline_header"), raw.deadline_header);
+        let tenant_header = self.header_name(at("tenant_header"), raw.tenant_header);
+        let tenant_max_share = match raw.tenant_max_share {
+            None => defaults::TENANT_MAX_SHARE,
+            Some(x) if x > 0.0 && x <= 1.0 => x,
+            Some(x) => {
+                self.problem(
+                    at("tenant_max_share"),
+                    format!("{x} is out of range: a share of the limit, above 0 and at most 1"),
+                );
+                defaults::TENANT_MAX_SHARE
+            }
+        };
+        if raw.tenant_max_share.is_some() && tenant_header.is_none() {
+            self.problem(at("tenant_max_share"), "only applies with tenant_header");
+        }
         UpstreamConfig {
             priority_header,
             deadline_header,
+            tenant_header,
+            tenant_max_share,
             max_upgraded,
             tunnel_idle_timeout,
             request_buffer,

@@ -114,6 +114,7 @@ impl Proxy {
         record.set_class(class);
         let deadline = client_budget(req.headers(), grpc, upstream.deadline_header())
             .map(|budget| started + budget);
+        let tenant = upstream.tenant(req.headers());
         // From here, dropping `record` before an answer exists counts `client_gone`.
         let (upstream, queue_wait) = record.route_to(upstream);
         let (parts, body) = req.into_parts();
@@ -138,6 +139,7 @@ impl Proxy {
                                 class,
                                 deadline,
                                 grpc,
+                                tenant,
                                 queue_wait,
                             },
                         )

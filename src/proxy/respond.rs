@@ -120,6 +120,7 @@ mod tests {
             (ProxyError::BufferFull, 503),
             (ProxyError::UpgradeLimit, 503),
             (ProxyError::Evicted, 503),
+            (ProxyError::TenantShare, 429),
             (ProxyError::ClientBody(io()), 400),
             (ProxyError::Internal, 500),
         ];
@@ -128,7 +129,8 @@ mod tests {
             let r = err.into_response(None, Answering::default());
             assert_eq!(r.status().as_u16(), status, "{reason:?}");
             assert_eq!(r.headers()[&REJECT_HEADER], reason.as_str());
-            assert_eq!(r.headers().contains_key(header::RETRY_AFTER), status == 503);
+            let retry = status == 503 || status == 429;
+            assert_eq!(r.headers().contains_key(header::RETRY_AFTER), retry);
         }
     }
 
@@ -168,6 +170,7 @@ mod grpc_tests {
             (ProxyError::DeadlineUnmeetable, "4", None),
             (ProxyError::UpstreamTimeout, "4", None),
             (ProxyError::BodyTooLarge, "8", None),
+            (ProxyError::TenantShare, "8", Some("250")),
             (ProxyError::NoRoute, "12", None),
         ];
         for (err, code, pushback) in cases {

@@ -30,11 +30,13 @@ pub enum Reason {
     Evicted,
     /// The client's deadline could not cover the expected wait: refused before queueing (504).
     DeadlineUnmeetable,
+    /// The request's tenant held its share of the limit while others waited (429).
+    TenantShare,
     Internal,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 17] = [
+    pub const ALL: [Reason; 18] = [
         Reason::QueueFull,
         Reason::QueueTimeout,
         Reason::Deadline,
@@ -51,6 +53,7 @@ impl Reason {
         Reason::UpgradeLimit,
         Reason::Evicted,
         Reason::DeadlineUnmeetable,
+        Reason::TenantShare,
         Reason::Internal,
     ];
 
@@ -72,6 +75,7 @@ impl Reason {
             Reason::UpgradeLimit => "upgrade_limit",
             Reason::Evicted => "evicted",
             Reason::DeadlineUnmeetable => "deadline_unmeetable",
+            Reason::TenantShare => "tenant_share",
             Reason::Internal => "internal",
         }
     }

@@ -14,7 +14,7 @@ use super::client::{BackendBody, Client, ClientError, ClientSettings};
 use super::http1;
 use super::response_body::ResponseBody;
 use super::tunnel::{TunnelPermit, Upgraded};
-use crate::admission::{Permit, Pool, Rejected};
+use crate::admission::{Permit, Pool, Rejected, TenantId, tenant_of};
 use crate::config::{Limit, OversizedBody, Priority, Protocol, UpstreamConfig};
 use crate::error::{BoxError, ProxyError, RequestBodyError};
 use crate::http::{
@@ -31,6 +31,8 @@ pub struct Admission<'a> {
     /// request's arrival; the earlier of it and `request_timeout` bounds the exchange.
     pub deadline: Option<Instant>,
     pub grpc: bool,
+    /// Its tenant's bucket (0: none).
+    pub tenant: TenantId,
     pub queue_wait: &'a mut Option<Duration>,
 }
 
@@ -62,6 +64,7 @@ pub struct Upstream {
     tunnel_idle_timeout: Duration,
     priority_header: Option<http::HeaderName>,
     deadline_header: Option<http::HeaderName>,
+    tenant_header: Option<http::HeaderName>,
 }
 
 impl Upstream {
@@ -88,6 +91,7 @@ impl Upstream {
     }
 
     fn with(cfg: &UpstreamConfig, pool: Arc<Pool>, client: Client) -> Upstream {
+        pool.set_tenant_share(cfg.tenant_max_share);
         Upstream {
             name: cfg.name.clone(),
             pool,
@@ -102,6 +106,7 @@ impl Upstream {
             tunnel_idle_timeout: cfg.tunnel_idle_timeout,
             priority_header: cfg.priority_header.clone(),
             deadline_header: cfg.deadline_header.clone(),
+            tenant_header: cfg.tenant_header.clone(),
         }
     }
 
@@ -143,6 +148,14 @@ impl Upstream {
         })
     }
 
+    /// The tenant `headers` name in the upstream's `tenant_header` (0 without one).
+    pub fn tenant(&self, headers: &http::HeaderMap) -> TenantId {
+        let Some(name) = self.tenant_header.as_ref() else {
+            return 0;
+        };
+        headers.get(name).map_or(0, |v| tenant_of(v.as_bytes()))
+    }
+
     /// The header carrying a plain HTTP client's deadline, if configured.
     pub fn deadline_header(&self) -> Option<&http::HeaderName> {
         self.deadline_header.as_ref()
@@ -163,6 +176,7 @@ impl Upstream {
             class,
             deadline: client_deadline,
             grpc,
+            tenant,
             queue_wait,
         } = admission;
         // An upgrade takes its place among the tunnels first: beyond `max_upgraded`, it is
@@ -177,7 +191,7 @@ impl Upstream {
         };
         let permit = self
             .pool
-            .admit(class, client_deadline)
+            .admit(class, client_deadline, tenant)
             .await
             .map_err(|r| match r {
                 Rejected::QueueFull => ProxyError::QueueFull,
@@ -185,6 +199,7 @@ impl Upstream {
                 Rejected::Evicted => ProxyError::Evicted,
                 Rejected::Unmeetable => ProxyError::DeadlineUnmeetable,
                 Rejected::Deadline => ProxyError::ClientDeadline,
+                Rejected::TenantShare => ProxyError::TenantShare,
             })?;
         *queue_wait = Some(permit.queue_wait());
         if let Some(hook) = hook {

@@ -1,0 +1,125 @@
+//! Fair shares between tenants (`tenant_header`): waiting requests are served round-robin
+//! across tenants, a tenant holding its share while others wait is turned away (429
+//! `tenant_share`), and a full queue sheds such a tenant's latest waiter first.
+
+mod support;
+
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use support::*;
+use tokio::task::JoinHandle;
+
+async fn weir_with_tenants(backend: &Backend, keys: &str) -> Weir {
+    let keys = format!("tenant_header = \"x-tenant\"\nqueue_timeout = \"20s\"\n{keys}");
+    spawn_weir(&upstream_toml(backend.addr, &keys)).await
+}
+
+/// A `/gate` request of `tenant` in the background: its status and `x-weir-reject`.
+fn gated(weir: &Weir, tenant: &str) -> JoinHandle<(StatusCode, String)> {
+    let req = Request::get(weir.url("/gate"))
+        .header("x-tenant", tenant)
+        .body(Full::default())
+        .unwrap();
+    let client = client();
+    tokio::spawn(async move {
+        let (status, headers, _) = send(&client, req).await;
+        let reason = headers
+            .get("x-weir-reject")
+            .map_or("-", |v| v.to_str().unwrap())
+            .to_string();
+        (status, reason)
+    })
+}
+
+async fn queued(weir: &Weir, n: usize) {
+    until("the queue", || {
+        weir.upstream("app").pool().queue_depth() == n
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn waiting_requests_are_served_round_robin_across_tenants() {
+    let backend = spawn_backend().await;
+    let weir = weir_with_tenants(&backend, "max_concurrency = 1\ntenant_max_share = 1.0").await;
+    let held = gated(&weir, "h");
+    backend.stats.wait_seen(1).await;
+    let a1 = gated(&weir, "a");
+    queued(&weir, 1).await;
+    let a2 = gated(&weir, "a");
+    queued(&weir, 2).await;
+    let a3 = gated(&weir, "a");
+    queued(&weir, 3).await;
+    let b1 = gated(&weir, "b");
+    queued(&weir, 4).await;
+    // One request at the backend at a time: each opening answers the one holding the slot.
+    backend.stats.open_gate(1);
+    assert_eq!(within("held", held).await.unwrap().0, 200);
+    backend.stats.open_gate(1);
+    assert_eq!(within("a1", a1).await.unwrap().0, 200);
+    // b's turn comes before a's second request, though it arrived after a's third.
+    backend.stats.open_gate(1);
+    assert_eq!(within("b1", b1).await.unwrap().0, 200);
+    assert!(!a2.is_finished() && !a3.is_finished());
+    backend.stats.open_gate(2);
+    for r in [a2, a3] {
+        assert_eq!(within("a", r).await.unwrap().0, 200);
+    }
+}
+
+#[tokio::test]
+async fn a_tenant_at_its_share_while_others_wait_is_turned_away_with_429() {
+    let backend = spawn_backend().await;
+    let weir = weir_with_tenants(&backend, "max_concurrency = 4").await;
+    // Alone, a tenant uses every slot: nobody else waits.
+    let mut a: Vec<_> = (0..4).map(|_| gated(&weir, "a")).collect();
+    backend.stats.wait_seen(4).await;
+    let b1 = gated(&weir, "b");
+    queued(&weir, 1).await;
+    // Now b waits, and a holds 4 of 4 slots, over its half.
+    let (status, reason) = within("a5", gated(&weir, "a")).await.unwrap();
+    assert_eq!(
+        (status, reason.as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "tenant_share")
+    );
+    backend.stats.open_gate(5);
+    a.push(b1);
+    for r in a {
+        assert_eq!(within("an answer", r).await.unwrap().0, 200);
+    }
+    let m = scrape(weir.admin).await;
+    let shed = m.value(
+        "weir_requests_rejected_total",
+        &[("upstream", "app"), ("reason", "tenant_share")],
+    );
+    assert_eq!(shed, 1.0);
+}
+
+#[tokio::test]
+async fn a_full_queue_sheds_the_latest_waiter_of_a_tenant_over_its_share_first() {
+    let backend = spawn_backend().await;
+    let weir = weir_with_tenants(&backend, "max_concurrency = 2\nmax_queue = 2").await;
+    let held: Vec<_> = (0..2).map(|_| gated(&weir, "a")).collect();
+    backend.stats.wait_seen(2).await;
+    let a3 = gated(&weir, "a");
+    queued(&weir, 1).await;
+    let a4 = gated(&weir, "a");
+    queued(&weir, 2).await;
+    // Full, and all of it a's: b takes a's latest place.
+    let b1 = gated(&weir, "b");
+    let (status, reason) = within("a4", a4).await.unwrap();
+    assert_eq!(
+        (status, reason.as_str()),
+        (StatusCode::TOO_MANY_REQUESTS, "tenant_share")
+    );
+    queued(&weir, 2).await;
+    backend.stats.open_gate(4);
+    for r in held.into_iter().chain([a3, b1]) {
+        assert_eq!(within("an answer", r).await.unwrap().0, 200);
+    }
+    assert_eq!(
+        backend.stats.seen(),
+        4,
+        "the shed request reached the backend"
+    );
+}
