@@ -63,7 +63,7 @@ pub struct Config {
 
 /// The reasons weir answers for itself whose status `[reject_status]` may change: the
 /// `x-weir-reject` values (a unit test in `telemetry` holds the list to the reasons counted).
-pub const REJECT_REASONS: [&str; 17] = [
+pub const REJECT_REASONS: [&str; 18] = [
     "queue_full",
     "queue_timeout",
     "deadline",
@@ -80,6 +80,7 @@ pub const REJECT_REASONS: [&str; 17] = [
     "evicted",
     "deadline_unmeetable",
     "tenant_share",
+    "codel",
     "internal",
 ];
 
@@ -246,6 +247,9 @@ pub struct UpstreamConfig {
     /// shed first.
     pub tenant_header: Option<http::HeaderName>,
     pub tenant_max_share: f64,
+    /// CoDel: under a standing queue (not empty for `interval`), the queue timeout becomes
+    /// `target`. `None`: off.
+    pub codel: Option<(Duration, Duration)>,
 }
 
 /// Where a backend listens.
@@ -534,5 +538,7 @@ pub mod defaults {
     pub const MAX_UPGRADED: usize = 1000;
     pub const TUNNEL_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
     pub const TENANT_MAX_SHARE: f64 = 0.5;
+    pub const CODEL_TARGET: Duration = Duration::from_millis(10);
+    pub const CODEL_INTERVAL: Duration = Duration::from_millis(100);
     pub const BODY_RATE_GRACE: Duration = Duration::from_secs(10);
 }

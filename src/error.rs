@@ -49,6 +49,8 @@ pub enum ProxyError {
     ClientDeadline,
     #[error("the request's tenant holds its share of the upstream while others wait")]
     TenantShare,
+    #[error("the queue is standing and no slot came free within codel_target")]
+    Codel,
     #[error("internal error (a panic) while handling the request")]
     Internal,
 }
@@ -106,6 +108,7 @@ impl ProxyError {
             ProxyError::DeadlineUnmeetable => Reason::DeadlineUnmeetable,
             ProxyError::ClientDeadline => Reason::Deadline,
             ProxyError::TenantShare => Reason::TenantShare,
+            ProxyError::Codel => Reason::Codel,
             ProxyError::Internal => Reason::Internal,
         }
     }
@@ -133,7 +136,8 @@ impl ProxyError {
             | ProxyError::QueueTimeout
             | ProxyError::BufferFull
             | ProxyError::UpgradeLimit
-            | ProxyError::Evicted => (StatusCode::SERVICE_UNAVAILABLE, "overloaded, retry later\n"),
+            | ProxyError::Evicted
+            | ProxyError::Codel => (StatusCode::SERVICE_UNAVAILABLE, "overloaded, retry later\n"),
             ProxyError::UpstreamTimeout => (StatusCode::GATEWAY_TIMEOUT, "upstream timed out\n"),
             ProxyError::DeadlineUnmeetable | ProxyError::ClientDeadline => (
                 StatusCode::GATEWAY_TIMEOUT,
@@ -166,7 +170,8 @@ impl ProxyError {
             | ProxyError::QueueTimeout
             | ProxyError::BufferFull
             | ProxyError::UpgradeLimit
-            | ProxyError::Evicted => (UNAVAILABLE, true),
+            | ProxyError::Evicted
+            | ProxyError::Codel => (UNAVAILABLE, true),
             ProxyError::UpstreamConnect(_)
             | ProxyError::UpstreamTls(_)
             | ProxyError::UpstreamReset(_)

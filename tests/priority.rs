@@ -169,3 +169,26 @@ async fn lower_classes_use_every_slot_the_higher_ones_leave() {
         assert_eq!(within("a batch answer", r).await.unwrap().0, 200);
     }
 }
+
+#[tokio::test]
+async fn under_a_standing_queue_codel_cuts_the_wait_to_its_target() {
+    let backend = spawn_backend().await;
+    let body = upstream_toml(
+        backend.addr,
+        "max_concurrency = 1\nmax_queue = 10\nqueue_timeout = \"20s\"\n\
+         codel = true\ncodel_target = \"10ms\"\ncodel_interval = \"100ms\"",
+    );
+    let weir = spawn_weir(&body).await;
+    let held = gated(&weir, None, "a");
+    backend.stats.wait_seen(1).await;
+    // It finds the queue empty: a burst's queue, with the whole queue_timeout to wait.
+    let first = gated(&weir, None, "a");
+    queued(&weir, 1).await;
+    // CoDel's rule is about time: the queue must not have been empty for its interval.
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let (status, reason) = within("codel", gated(&weir, None, "a")).await.unwrap();
+    assert_eq!((status.as_u16(), reason.as_str()), (503, "codel"));
+    backend.stats.open_gate(2);
+    assert_eq!(within("held", held).await.unwrap().0, 200);
+    assert_eq!(within("first", first).await.unwrap().0, 200);
+}

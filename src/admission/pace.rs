@@ -23,6 +23,12 @@ pub struct Pace {
     interval: AtomicU64,
     /// The mean time to the response head of requests with a deadline, in nanoseconds.
     service: AtomicU64,
+    /// When the queue was last seen empty, in nanoseconds from `epoch`.
+    last_empty: AtomicU64,
+    /// CoDel: the queue timeout under a standing queue, in nanoseconds (0: off), and how long
+    /// the queue must not have been empty for it to count as standing.
+    codel_target: AtomicU64,
+    codel_interval: AtomicU64,
 }
 
 impl Default for Pace {
@@ -32,6 +38,9 @@ impl Default for Pace {
             last_grant: AtomicU64::new(0),
             interval: AtomicU64::new(0),
             service: AtomicU64::new(0),
+            last_empty: AtomicU64::new(0),
+            codel_target: AtomicU64::new(0),
+            codel_interval: AtomicU64::new(0),
         }
     }
 }
@@ -74,6 +83,33 @@ impl Pace {
         (interval > 0).then(|| Duration::from_nanos(interval.saturating_mul(ahead as u64 + 1)))
     }
 
+    /// The queue is empty now (its last waiter left, or the first is about to join).
+    pub fn emptied(&self) {
+        self.last_empty
+            .store(nanos(self.epoch.elapsed()), Ordering::Relaxed);
+    }
+
+    /// Turns CoDel on with `(target, interval)`, or off.
+    pub fn set_codel(&self, codel: Option<(Duration, Duration)>) {
+        let (target, interval) = codel.unwrap_or_default();
+        self.codel_target.store(nanos(target), Ordering::Relaxed);
+        self.codel_interval
+            .store(nanos(interval), Ordering::Relaxed);
+    }
+
+    /// CoDel's short queue timeout, when it is on and the queue has not been empty for its
+    /// interval (a standing queue: the wait it adds is not absorbing a burst).
+    pub fn codel_timeout(&self) -> Option<Duration> {
+        let target = self.codel_target.load(Ordering::Relaxed);
+        if target == 0 {
+            return None;
+        }
+        let now = nanos(self.epoch.elapsed());
+        let since = now.saturating_sub(self.last_empty.load(Ordering::Relaxed));
+        let standing = since > self.codel_interval.load(Ordering::Relaxed);
+        standing.then(|| Duration::from_nanos(target))
+    }
+
     /// The recent time to a response head, if requests with a deadline have been served.
     pub fn service(&self) -> Option<Duration> {
         let s = self.service.load(Ordering::Relaxed);
@@ -104,5 +140,23 @@ mod tests {
         assert_eq!(pace.queue_wait(9), Some(wait));
         pace.served(Duration::from_millis(40));
         assert_eq!(pace.service(), Some(Duration::from_millis(40)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn codel_shortens_the_wait_only_under_a_standing_queue() {
+        let pace = Pace::default();
+        assert_eq!(pace.codel_timeout(), None, "off");
+        let target = Duration::from_millis(10);
+        pace.set_codel(Some((target, Duration::from_millis(100))));
+        pace.emptied();
+        tokio::time::advance(Duration::from_millis(60)).await;
+        assert_eq!(pace.codel_timeout(), None, "a burst's queue");
+        tokio::time::advance(Duration::from_millis(60)).await;
+        assert_eq!(pace.codel_timeout(), Some(target), "standing for 120 ms");
+        pace.emptied();
+        assert_eq!(pace.codel_timeout(), None);
+        pace.set_codel(None);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(pace.codel_timeout(), None);
     }
 }

@@ -38,6 +38,8 @@ pub enum Rejected {
     /// Its tenant holds its share (`tenant_max_share`) while other tenants wait, or lost its
     /// queue place to one that needed it.
     TenantShare,
+    /// CoDel: the queue was standing, and no slot came free within its short target.
+    Codel,
 }
 
 /// One upstream's slots and queue.
@@ -172,6 +174,14 @@ impl Pool {
         self.adaptive.samples.limited();
         let mut timeout = Duration::from_nanos(self.queue_timeout_nanos.load(Ordering::Relaxed));
         let mut by_deadline = false;
+        let mut by_codel = false;
+        if self.queue_depth() == 0 {
+            self.pace.emptied();
+        } else if let Some(target) = self.pace.codel_timeout() {
+            if target < timeout {
+                (timeout, by_codel) = (target, true);
+            }
+        }
         if let Some(deadline) = deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             if let Some(wait) = self.pace.queue_wait(self.queue_depth()) {
@@ -180,7 +190,7 @@ impl Pool {
                 }
             }
             if left < timeout {
-                (timeout, by_deadline) = (left, true);
+                (timeout, by_deadline, by_codel) = (left, true, false);
             }
         }
         if tenant != 0 {
@@ -201,8 +211,14 @@ impl Pool {
             Ok(Err(Evicted::ForClass)) => Err(Rejected::Evicted),
             Ok(Err(Evicted::OverShare)) => Err(Rejected::TenantShare),
             Err(_) if by_deadline => Err(Rejected::Deadline),
+            Err(_) if by_codel => Err(Rejected::Codel),
             Err(_) => Err(Rejected::QueueTimeout),
         }
+    }
+
+    /// Turns CoDel on with `(target, interval)`, or off (`codel`).
+    pub fn set_codel(&self, codel: Option<(Duration, Duration)>) {
+        self.pace.set_codel(codel);
     }
 
     /// Sets `tenant_max_share`: the share of the limit one tenant may hold while others wait.
@@ -383,7 +399,9 @@ impl Drop for OwnedPermit {
 
 impl Drop for QueuePlace<'_> {
     fn drop(&mut self) {
-        self.0.queued.fetch_sub(1, Ordering::AcqRel);
+        if self.0.queued.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.pace.emptied();
+        }
     }
 }
 

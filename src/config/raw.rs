@@ -151,6 +151,9 @@ pub(super) struct RawUpstream {
     pub(super) deadline_header: Option<String>,
     pub(super) tenant_header: Option<String>,
     pub(super) tenant_max_share: Option<f64>,
+    pub(super) codel: Option<bool>,
+    pub(super) codel_target: Option<String>,
+    pub(super) codel_interval: Option<String>,
 }
 
 #[derive(Deserialize)]

@@ -419,11 +419,28 @@ impl Validator {
         if raw.tenant_max_share.is_some() && tenant_header.is_none() {
             self.problem(at("tenant_max_share"), "only applies with tenant_header");
         }
+        let codel_target = self.duration(
+            &at("codel_target"),
+            raw.codel_target.as_deref(),
+            defaults::CODEL_TARGET,
+            MAX_SHORT_DURATION,
+        );
+        let codel_interval = self.duration(
+            &at("codel_interval"),
+            raw.codel_interval.as_deref(),
+            defaults::CODEL_INTERVAL,
+            MAX_SHORT_DURATION,
+        );
+        let codel = raw.codel.unwrap_or(false);
+        if !codel && (raw.codel_target.is_some() || raw.codel_interval.is_some()) {
+            self.problem(at("codel_target"), "only applies with codel = true");
+        }
         UpstreamConfig {
             priority_header,
             deadline_header,
             tenant_header,
             tenant_max_share,
+            codel: codel.then_some((codel_target, codel_interval)),
             max_upgraded,
             tunnel_idle_timeout,
             request_buffer,

@@ -121,6 +121,7 @@ mod tests {
             (ProxyError::UpgradeLimit, 503),
             (ProxyError::Evicted, 503),
             (ProxyError::TenantShare, 429),
+            (ProxyError::Codel, 503),
             (ProxyError::ClientBody(io()), 400),
             (ProxyError::Internal, 500),
         ];

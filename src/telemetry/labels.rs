@@ -32,11 +32,13 @@ pub enum Reason {
     DeadlineUnmeetable,
     /// The request's tenant held its share of the limit while others waited (429).
     TenantShare,
+    /// CoDel: the queue was standing and no slot came free within `codel_target` (503).
+    Codel,
     Internal,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 18] = [
+    pub const ALL: [Reason; 19] = [
         Reason::QueueFull,
         Reason::QueueTimeout,
         Reason::Deadline,
@@ -54,6 +56,7 @@ impl Reason {
         Reason::Evicted,
         Reason::DeadlineUnmeetable,
         Reason::TenantShare,
+        Reason::Codel,
         Reason::Internal,
     ];
 
@@ -76,6 +79,7 @@ impl Reason {
             Reason::Evicted => "evicted",
             Reason::DeadlineUnmeetable => "deadline_unmeetable",
             Reason::TenantShare => "tenant_share",
+            Reason::Codel => "codel",
             Reason::Internal => "internal",
         }
     }

@@ -92,6 +92,7 @@ impl Upstream {
 
     fn with(cfg: &UpstreamConfig, pool: Arc<Pool>, client: Client) -> Upstream {
         pool.set_tenant_share(cfg.tenant_max_share);
+        pool.set_codel(cfg.codel);
         Upstream {
             name: cfg.name.clone(),
             pool,
@@ -200,6 +201,7 @@ impl Upstream {
                 Rejected::Unmeetable => ProxyError::DeadlineUnmeetable,
                 Rejected::Deadline => ProxyError::ClientDeadline,
                 Rejected::TenantShare => ProxyError::TenantShare,
+                Rejected::Codel => ProxyError::Codel,
             })?;
         *queue_wait = Some(permit.queue_wait());
         if let Some(hook) = hook {
