@@ -17,6 +17,7 @@ use serde::Deserialize;
 mod raw;
 #[cfg(test)]
 mod tests;
+mod upstream;
 mod validate;
 
 use raw::{RawConfig, parse};

@@ -379,3 +379,51 @@ fn upgrade_limits() {
     assert!(has(&p, "upstream[0].max_upgraded", "range"), "{p:#?}");
     assert!(has(&p, "upstream[0].tunnel_idle_timeout", ""), "{p:#?}");
 }
+
+#[test]
+fn shedding_keys_classes_tenants_deadlines_codel_and_statuses() {
+    let text = format!(
+        "reject_status = {{ queue_full = 429, tenant_share = 503 }}\n{MINIMAL}\
+         priority_header = \"x-priority\"\ndeadline_header = \"x-deadline-ms\"\n\
+         tenant_header = \"x-tenant\"\ntenant_max_share = 0.25\ncodel = true\n\
+         [[route]]\npath_prefix = \"/batch/\"\nupstream = \"app\"\npriority = \"sheddable\"\n"
+    );
+    let c = Config::from_toml_str(&text).unwrap();
+    let u = &c.upstreams[0];
+    assert_eq!(u.priority_header.as_ref().unwrap(), "x-priority");
+    assert_eq!(u.deadline_header.as_ref().unwrap(), "x-deadline-ms");
+    assert_eq!(u.tenant_header.as_ref().unwrap(), "x-tenant");
+    assert_eq!(u.tenant_max_share, 0.25);
+    assert_eq!(
+        u.codel,
+        Some((defaults::CODEL_TARGET, defaults::CODEL_INTERVAL))
+    );
+    assert_eq!(c.routes[0].priority, Some(Priority::Sheddable));
+    assert_eq!(
+        c.reject_status,
+        [
+            ("queue_full", http::StatusCode::TOO_MANY_REQUESTS),
+            ("tenant_share", http::StatusCode::SERVICE_UNAVAILABLE)
+        ]
+    );
+
+    let bad = format!(
+        "reject_status = {{ queue_ful = 429, queue_timeout = 200 }}\n{MINIMAL}\
+         priority_header = \"Host\"\ntenant_max_share = 2.0\ncodel_target = \"5ms\"\n\
+         [[route]]\nupstream = \"app\"\npriority = \"urgent\"\n"
+    );
+    let p = match Config::from_toml_str(&bad) {
+        Err(e) => e.problems,
+        Ok(_) => panic!("accepted"),
+    };
+    // An unknown class is a type error, reported alone by the parser.
+    assert!(has(&p, "route[0].priority", "urgent") || p.len() == 1, "{p:#?}");
+    let bad = bad.replace("priority = \"urgent\"", "priority = \"critical\"");
+    let p = problems(&bad);
+    assert!(has(&p, "reject_status.queue_ful", "not a reason"), "{p:#?}");
+    assert!(has(&p, "reject_status.queue_timeout", "4xx or 5xx"), "{p:#?}");
+    assert!(has(&p, "upstream[0].priority_header", "header name"), "{p:#?}");
+    assert!(has(&p, "upstream[0].tenant_max_share", "out of range"), "{p:#?}");
+    assert!(has(&p, "upstream[0].tenant_max_share", "tenant_header"), "{p:#?}");
+    assert!(has(&p, "upstream[0].codel_target", "codel = true"), "{p:#?}");
+}
