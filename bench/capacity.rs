@@ -146,6 +146,14 @@ async fn load(args: &[String]) {
     let backend = keys.get("backend").map(|s| s.to_string());
     let admin = keys.get("admin").map(|s| s.to_string());
     let label = keys.get("label").unwrap_or(&"load").to_string();
+    // `header=name:value`: sent with every request (a tenant, a class, a deadline).
+    let header: Option<(http::HeaderName, http::HeaderValue)> = keys.get("header").map(|h| {
+        let (k, v) = h.split_once(':').expect("header=name:value");
+        (k.parse().expect("a header name"), v.parse().expect("a header value"))
+    });
+    // Every answer's latency (any status), and the 504s.
+    let all_latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();
+    let timeouts_504 = Arc::new(std::sync::atomic::AtomicU64::new(0));
 
     let client: Client<HttpConnector, Empty<Bytes>> = Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(10_000)
@@ -208,7 +216,8 @@ async fn load(args: &[String]) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     while sent < total {
         tick.tick().await;
-        let due = ((start.elapsed().as_secs_f64() * rate) as u64).min(total);
+        // Request k is due at k / rate: at the start, the first is due at once.
+        let due = ((start.elapsed().as_secs_f64() * rate) as u64 + 1).min(total);
         while sent < due {
             let scheduled = start + Duration::from_secs_f64(sent as f64 / rate);
             sent += 1;
@@ -225,9 +234,17 @@ async fn load(args: &[String]) {
                 Arc::clone(&buckets),
                 Arc::clone(&latencies),
             );
+            let (header, all_latencies, timeouts_504) = (
+                header.clone(),
+                Arc::clone(&all_latencies),
+                Arc::clone(&timeouts_504),
+            );
             tokio::spawn(async move {
                 let _permit = permit;
-                let req = Request::get(url).body(Empty::new()).unwrap();
+                let mut req = Request::get(url).body(Empty::new()).unwrap();
+                if let Some((k, v)) = header {
+                    req.headers_mut().insert(k, v);
+                }
                 let answered = tokio::time::timeout(timeout, async {
                     let resp = client.request(req).await?;
                     let status = resp.status();
@@ -237,6 +254,12 @@ async fn load(args: &[String]) {
                 .await;
                 let done = Instant::now();
                 let latency = done.duration_since(scheduled);
+                if let Ok(Ok(s)) = &answered {
+                    all_latencies.lock().unwrap().push(latency);
+                    if *s == StatusCode::GATEWAY_TIMEOUT {
+                        timeouts_504.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
                 let at = (done.duration_since(start).as_secs_f64() / BUCKET.as_secs_f64()) as usize;
                 let mut b = buckets.lock().unwrap();
                 let Some(bucket) = b.get_mut(at) else { return };
@@ -324,8 +347,16 @@ async fn load(args: &[String]) {
         .take((seconds / BUCKET.as_secs_f64()) as usize)
         .map(|b| b.good.to_string())
         .collect();
+    let mut all = all_latencies.lock().unwrap().clone();
+    all.sort_unstable();
+    let pct = |p: usize| {
+        all.get((all.len() * p).div_ceil(100).saturating_sub(1))
+            .map_or(0.0, |d| d.as_secs_f64() * 1e3)
+    };
+    let (p50_all, p99_all) = (pct(50), pct(99));
+    let status_504 = timeouts_504.load(Ordering::Relaxed);
     println!(
-        "{{\"label\":\"{label}\",\"rate\":{rate},\"seconds\":{seconds},\"offered\":{},\"good\":{},\"shed\":{},\"gave_up\":{},\"failed\":{},\"p99_2xx_ms\":{p99:.2},\"phases\":[{}],\"good_per_250ms\":[{}],\"limit_per_250ms\":[{}]}}",
+        "{{\"label\":\"{label}\",\"rate\":{rate},\"seconds\":{seconds},\"offered\":{},\"good\":{},\"shed\":{},\"gave_up\":{},\"failed\":{},\"p99_2xx_ms\":{p99:.2},\"p50_all_ms\":{p50_all:.2},\"p99_all_ms\":{p99_all:.2},\"status_504\":{status_504},\"phases\":[{}],\"good_per_250ms\":[{}],\"limit_per_250ms\":[{}]}}",
         sum(|b| b.offered),
         sum(|b| b.good),
         sum(|b| b.shed),
