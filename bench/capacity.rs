@@ -149,7 +149,10 @@ async fn load(args: &[String]) {
     // `header=name:value`: sent with every request (a tenant, a class, a deadline).
     let header: Option<(http::HeaderName, http::HeaderValue)> = keys.get("header").map(|h| {
         let (k, v) = h.split_once(':').expect("header=name:value");
-        (k.parse().expect("a header name"), v.parse().expect("a header value"))
+        (
+            k.parse().expect("a header name"),
+            v.parse().expect("a header value"),
+        )
     });
     // Every answer's latency (any status), and the 504s.
     let all_latencies: Arc<Mutex<Vec<Duration>>> = Arc::default();

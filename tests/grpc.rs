@@ -120,7 +120,10 @@ async fn grpc_clients_get_grpc_statuses_from_weir_and_the_backend_the_time_left(
          request_timeout = \"1s\"\n\
          [[upstream]]\nname = \"tight\"\naddr = \"127.0.0.1:{port}\"\nprotocol = \"h2c\"\n\
          max_concurrency = 1\nmax_queue = 0\nrequest_timeout = \"2s\"\nretry_after = \"3s\"\n\
+         [[upstream]]\nname = \"shared\"\naddr = \"127.0.0.1:{port}\"\nprotocol = \"h2c\"\n\
+         max_concurrency = 1\ntenant_header = \"x-tenant\"\n\
          [[route]]\npath_prefix = \"/weir.test.Echo/Echo\"\nupstream = \"echo\"\n\
+         [[route]]\npath_prefix = \"/weir.test.Echo/Hold\"\nupstream = \"shared\"\n\
          [[route]]\nupstream = \"tight\"\n"
     );
     let weir = spawn_weir_on(&body, "max_body_bytes = 1000", weir::Options::default()).await;
@@ -135,6 +138,7 @@ async fn grpc_clients_get_grpc_statuses_from_weir_and_the_backend_the_time_left(
         .parse()
         .unwrap();
     let call_ms = ok["call_ms"].as_f64().unwrap();
+    eprintln!("deadline told to the backend: {left} ms of 995 (the call took {call_ms:.1} ms)");
     assert!(
         left <= 995.0 && left >= 995.0 - call_ms - 20.0,
         "the backend was told {left} ms are left (call took {call_ms} ms)"
@@ -159,6 +163,19 @@ async fn grpc_clients_get_grpc_statuses_from_weir_and_the_backend_the_time_left(
     assert!(
         deadline["details"].as_str().unwrap().starts_with("weir: "),
         "{deadline}"
+    );
+
+    let tenant = call(weir.addr, "tenant").await;
+    assert_eq!(tenant["code"], "RESOURCE_EXHAUSTED", "{tenant}");
+    assert!(
+        tenant["details"].as_str().unwrap().contains("tenant_share"),
+        "{tenant}"
+    );
+    assert!(
+        tenant["trailing"]["grpc-retry-pushback-ms"]
+            .as_str()
+            .is_some(),
+        "{tenant}"
     );
 
     let too_large = call(weir.addr, "too_large").await;

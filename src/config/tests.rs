@@ -417,13 +417,31 @@ fn shedding_keys_classes_tenants_deadlines_codel_and_statuses() {
         Ok(_) => panic!("accepted"),
     };
     // An unknown class is a type error, reported alone by the parser.
-    assert!(has(&p, "route[0].priority", "urgent") || p.len() == 1, "{p:#?}");
+    assert!(
+        has(&p, "route[0].priority", "urgent") || p.len() == 1,
+        "{p:#?}"
+    );
     let bad = bad.replace("priority = \"urgent\"", "priority = \"critical\"");
     let p = problems(&bad);
     assert!(has(&p, "reject_status.queue_ful", "not a reason"), "{p:#?}");
-    assert!(has(&p, "reject_status.queue_timeout", "4xx or 5xx"), "{p:#?}");
-    assert!(has(&p, "upstream[0].priority_header", "header name"), "{p:#?}");
-    assert!(has(&p, "upstream[0].tenant_max_share", "out of range"), "{p:#?}");
-    assert!(has(&p, "upstream[0].tenant_max_share", "tenant_header"), "{p:#?}");
-    assert!(has(&p, "upstream[0].codel_target", "codel = true"), "{p:#?}");
+    assert!(
+        has(&p, "reject_status.queue_timeout", "4xx or 5xx"),
+        "{p:#?}"
+    );
+    assert!(
+        has(&p, "upstream[0].priority_header", "header name"),
+        "{p:#?}"
+    );
+    assert!(
+        has(&p, "upstream[0].tenant_max_share", "out of range"),
+        "{p:#?}"
+    );
+    assert!(
+        has(&p, "upstream[0].tenant_max_share", "tenant_header"),
+        "{p:#?}"
+    );
+    assert!(
+        has(&p, "upstream[0].codel_target", "codel = true"),
+        "{p:#?}"
+    );
 }

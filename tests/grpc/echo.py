@@ -5,7 +5,7 @@ tests/grpc.rs.
     python3 echo.py client ADDR CASE  makes the calls of CASE through ADDR, prints one JSON line
 
 Methods: Echo (answers the request, with the time the server was told is left in the trailing
-metadata `x-left-ms`), Sleep (sleeps the milliseconds its request names, then answers).
+metadata `x-left-ms`), Sleep and Hold (sleep the milliseconds their request names, then answer).
 """
 import json
 import sys
@@ -35,6 +35,7 @@ def serve():
     handlers = {
         "Echo": grpc.unary_unary_rpc_method_handler(echo),
         "Sleep": grpc.unary_unary_rpc_method_handler(sleep),
+        "Hold": grpc.unary_unary_rpc_method_handler(sleep),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -76,6 +77,22 @@ def client(addr, case):
     elif case == "deadline":
         # No deadline of the client's: weir's request_timeout is the only one, and weir answers.
         result.update(outcome(method("Sleep"), request=b"3000"))
+    elif case == "tenant":
+        # Tenant a holds the upstream's only slot, b waits: a's next call is over its share.
+        a = (("x-tenant", "a"),)
+        holder = threading.Thread(
+            target=lambda: method("Hold").with_call(b"1500", timeout=10, metadata=a)
+        )
+        holder.start()
+        time.sleep(0.4)
+        waiter = threading.Thread(
+            target=lambda: method("Hold").with_call(b"0", timeout=10, metadata=(("x-tenant", "b"),))
+        )
+        waiter.start()
+        time.sleep(0.4)
+        result.update(outcome(method("Hold"), request=b"0", timeout=10, metadata=a))
+        holder.join()
+        waiter.join()
     elif case == "too_large":
         result.update(outcome(method("Echo"), request=b"x" * 5000, timeout=10))
     print(json.dumps(result), flush=True)
