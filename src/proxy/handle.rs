@@ -99,13 +99,15 @@ impl Proxy {
         let mut req = req;
         // gRPC runs over HTTP/2 only: an HTTP/1.1 request costs no look-up.
         let grpc = req.version() == Version::HTTP_2 && is_grpc(req.headers());
-        let table = self.table.load();
         if let Err(e) = settle_host(&mut req) {
             downstream.listener.counters.bad_request();
-            return reject(e, record, &table, grpc);
+            return self.reject(e, record, grpc);
         }
-        let Some((upstream, class)) = table.route(&req).map(|(u, c)| (u.clone(), c)) else {
-            return reject(ProxyError::NoRoute, record, &table, grpc);
+        // The table's guard is dropped at once: a guard held across the exchange would take
+        // one of the thread's few fast slots for as long (see arc-swap's `Guard`).
+        let routed = self.table.load().route(&req).map(|(u, c)| (u.clone(), c));
+        let Some((upstream, class)) = routed else {
+            return self.reject(ProxyError::NoRoute, record, grpc);
         };
         // A route's class is final; without one, the upstream's priority header may name one.
         let class = class
@@ -169,7 +171,27 @@ impl Proxy {
                 ProxyError::Internal
             }
         };
-        reject(err, record, &table, grpc)
+        self.reject(err, record, grpc)
+    }
+
+    /// Answers `err` (counted on the request's upstream, when it has one, see `respond`) with
+    /// the status `[reject_status]` sets for its reason, and notes it in `record`.
+    fn reject(
+        &self,
+        err: ProxyError,
+        mut record: Record,
+        grpc: bool,
+    ) -> (Response<ResponseBody>, Record) {
+        let reason = err.reason();
+        let upstream = record.upstream();
+        let how = Answering {
+            grpc,
+            status: self.table.load().reject_status[reason as usize],
+            retry_after: upstream.map_or(Duration::from_secs(1), Upstream::retry_after),
+        };
+        let response = err.into_response(upstream.map(|u| u.pool().counters()), how);
+        record.answered(response.status(), Some(reason));
+        (response, record)
     }
 
     /// Applies the body limits that can be decided before admission, and reads a body that fits
@@ -206,26 +228,6 @@ impl Proxy {
         }
         Ok(body)
     }
-}
-
-/// Answers `err` (counted on the request's upstream, when it has one, see `respond`) and notes it
-/// in `record`.
-fn reject(
-    err: ProxyError,
-    mut record: Record,
-    table: &Table,
-    grpc: bool,
-) -> (Response<ResponseBody>, Record) {
-    let reason = err.reason();
-    let upstream = record.upstream();
-    let how = Answering {
-        grpc,
-        status: table.reject_status[reason as usize],
-        retry_after: upstream.map_or(Duration::from_secs(1), Upstream::retry_after),
-    };
-    let response = err.into_response(upstream.map(|u| u.pool().counters()), how);
-    record.answered(response.status(), Some(reason));
-    (response, record)
 }
 
 /// The body length the client announced in Content-Length, if it did.
