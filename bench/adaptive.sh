@@ -42,7 +42,6 @@ PROXY="taskset -c 1"
 CPB=127.0.0.1:19200      # the stepping backend
 FAST=127.0.0.1:19201     # bench/backend.rs: tiny answers at once (F4)
 TICK=$(getconf CLK_TCK)
-cpu_ticks() { local t=0; for p in "$@"; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
 record() { echo "$1" >>"$OUT/results.jsonl"; }
 
 # weir_config FILE LISTEN ADMIN BACKEND LIMIT-KEYS

@@ -22,7 +22,6 @@ declare -A ADMIN=([old]=127.0.0.1:19511 [new]=127.0.0.1:19512)
 declare -A BIN=([old]=$OLD [new]=$NEW)
 declare -A PID
 require_free_ports $BACKEND "${ADDR[old]}" "${ADDR[new]}" "${ADMIN[old]}" "${ADMIN[new]}"
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
 taskset -c 0 "$BACKEND_BIN" $BACKEND 16 20 >"$OUT/backend.log" 2>&1 & PIDS+=($!)
 wait_port $BACKEND

@@ -57,3 +57,6 @@ single_upstream_run() {
     single_upstream_config "$@"
     require_free_ports "$3" "$2" "$4"
 }
+
+# CPU time (user + system, in clock ticks) the processes PIDS have used so far.
+cpu_ticks() { local t=0; for p in "$@"; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }

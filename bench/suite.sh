@@ -64,7 +64,6 @@ NGINX_H2=127.0.0.1:19012
 LG="taskset -c 0"      # load generator and backend
 PROXY="taskset -c 1"   # the proxy under test
 
-cpu_ticks() { local t=0; for p in "$@"; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
 TICK=$(getconf CLK_TCK)
 
 # ---- configurations ----

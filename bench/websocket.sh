@@ -36,7 +36,6 @@ WEIR=127.0.0.1:19301
 NGINX=127.0.0.1:19302
 ADMIN=127.0.0.1:19309
 require_free_ports "$BACKEND" "$WEIR" "$NGINX" "$ADMIN"
-cpu_ticks() { local t=0; for p in "$@"; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
 TICK=$(getconf CLK_TCK)
 
 single_upstream_config "$OUT/weir.toml" "$WEIR" "$BACKEND" "$ADMIN"

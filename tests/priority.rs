@@ -4,8 +4,7 @@
 
 mod support;
 
-use http::{Request, StatusCode};
-use http_body_util::Full;
+use http::StatusCode;
 use support::*;
 use tokio::task::JoinHandle;
 
@@ -28,41 +27,24 @@ async fn one_slot(max_queue: usize) -> (Backend, Weir) {
     (backend, weir)
 }
 
-/// A GET of `/gate` (answered when the test opens the gate) in the background.
-fn gated(weir: &Weir, class: Option<&str>, host: &str) -> JoinHandle<(StatusCode, String)> {
-    let mut req = Request::get(weir.url("/gate")).header("host", host);
-    if let Some(c) = class {
-        req = req.header("x-priority", c);
+/// A `/gate` request naming `class` (if any) for `host`, in the background.
+fn gated_as(weir: &Weir, class: Option<&str>, host: &str) -> JoinHandle<(StatusCode, String)> {
+    match class {
+        Some(c) => gated(weir, &[("host", host), ("x-priority", c)]),
+        None => gated(weir, &[("host", host)]),
     }
-    let req = req.body(Full::default()).unwrap();
-    let client = client();
-    tokio::spawn(async move {
-        let (status, headers, _) = send(&client, req).await;
-        let reason = headers
-            .get("x-weir-reject")
-            .map_or("-", |v| v.to_str().unwrap())
-            .to_string();
-        (status, reason)
-    })
-}
-
-async fn queued(weir: &Weir, n: usize) {
-    until("the queue to fill", || {
-        weir.upstream("app").pool().queue_depth() == n
-    })
-    .await;
 }
 
 #[tokio::test]
 async fn a_freed_slot_goes_to_the_highest_class_waiting() {
     let (backend, weir) = one_slot(10).await;
-    let held = gated(&weir, None, "a");
+    let held = gated_as(&weir, None, "a");
     backend.stats.wait_seen(1).await;
-    let sheddable = gated(&weir, Some("sheddable"), "a");
+    let sheddable = gated_as(&weir, Some("sheddable"), "a");
     queued(&weir, 1).await;
-    let normal = gated(&weir, None, "a");
+    let normal = gated_as(&weir, None, "a");
     queued(&weir, 2).await;
-    let critical = gated(&weir, Some("Critical"), "a");
+    let critical = gated_as(&weir, Some("Critical"), "a");
     queued(&weir, 3).await;
     // One request at the backend at a time: each opening lets exactly the one holding the slot
     // answer, and the slot then goes to the next by class, not by arrival.
@@ -92,26 +74,26 @@ async fn a_freed_slot_goes_to_the_highest_class_waiting() {
 #[tokio::test]
 async fn a_full_queue_sheds_its_lowest_class_latest_waiter_at_once() {
     let (backend, weir) = one_slot(2).await;
-    let held = gated(&weir, None, "a");
+    let held = gated_as(&weir, None, "a");
     backend.stats.wait_seen(1).await;
-    let s1 = gated(&weir, Some("sheddable"), "a");
+    let s1 = gated_as(&weir, Some("sheddable"), "a");
     queued(&weir, 1).await;
-    let s2 = gated(&weir, Some("sheddable"), "a");
+    let s2 = gated_as(&weir, Some("sheddable"), "a");
     queued(&weir, 2).await;
     // Full: a normal request takes the latest sheddable one's place, which is answered now.
-    let n1 = gated(&weir, None, "a");
+    let n1 = gated_as(&weir, None, "a");
     assert_eq!(
         within("the eviction", s2).await.unwrap(),
         (StatusCode::SERVICE_UNAVAILABLE, "evicted".into())
     );
     queued(&weir, 2).await;
-    let c1 = gated(&weir, Some("critical"), "a");
+    let c1 = gated_as(&weir, Some("critical"), "a");
     assert_eq!(within("the eviction", s1).await.unwrap().1, "evicted");
     queued(&weir, 2).await;
     // Nothing lower is left to shed for a sheddable one, nor for a normal one.
-    let s3 = gated(&weir, Some("sheddable"), "a");
+    let s3 = gated_as(&weir, Some("sheddable"), "a");
     assert_eq!(within("s3", s3).await.unwrap().1, "queue_full");
-    let c2 = gated(&weir, Some("critical"), "a");
+    let c2 = gated_as(&weir, Some("critical"), "a");
     assert_eq!(within("the eviction", n1).await.unwrap().1, "evicted");
     queued(&weir, 2).await;
     backend.stats.open_gate(3);
@@ -133,17 +115,17 @@ async fn a_full_queue_sheds_its_lowest_class_latest_waiter_at_once() {
 #[tokio::test]
 async fn a_routes_class_beats_the_header_and_an_unknown_value_is_normal() {
     let (backend, weir) = one_slot(1).await;
-    let held = gated(&weir, None, "a");
+    let held = gated_as(&weir, None, "a");
     backend.stats.wait_seen(1).await;
     // Sheddable by its route, whatever it claims.
-    let batch = gated(&weir, Some("critical"), "batch.test");
+    let batch = gated_as(&weir, Some("critical"), "batch.test");
     queued(&weir, 1).await;
     // "urgent" names no class: normal, which is still above sheddable.
-    let unknown = gated(&weir, Some("urgent"), "a");
+    let unknown = gated_as(&weir, Some("urgent"), "a");
     assert_eq!(within("the eviction", batch).await.unwrap().1, "evicted");
     queued(&weir, 1).await;
     // A second normal one finds nothing lower to shed.
-    let normal = gated(&weir, None, "a");
+    let normal = gated_as(&weir, None, "a");
     assert_eq!(within("queue_full", normal).await.unwrap().1, "queue_full");
     backend.stats.open_gate(2);
     assert_eq!(within("held", held).await.unwrap().0, 200);
@@ -160,7 +142,7 @@ async fn lower_classes_use_every_slot_the_higher_ones_leave() {
     let weir = spawn_weir(&body).await;
     // No other class waits: sheddable requests fill all four slots.
     let batch: Vec<_> = (0..4)
-        .map(|_| gated(&weir, Some("sheddable"), "a"))
+        .map(|_| gated_as(&weir, Some("sheddable"), "a"))
         .collect();
     backend.stats.wait_seen(4).await;
     assert_eq!(weir.upstream("app").pool().in_flight(), 4);
@@ -179,14 +161,14 @@ async fn under_a_standing_queue_codel_cuts_the_wait_to_its_target() {
          codel = true\ncodel_target = \"10ms\"\ncodel_interval = \"100ms\"",
     );
     let weir = spawn_weir(&body).await;
-    let held = gated(&weir, None, "a");
+    let held = gated_as(&weir, None, "a");
     backend.stats.wait_seen(1).await;
     // It finds the queue empty: a burst's queue, with the whole queue_timeout to wait.
-    let first = gated(&weir, None, "a");
+    let first = gated_as(&weir, None, "a");
     queued(&weir, 1).await;
     // CoDel's rule is about time: the queue must not have been empty for its interval.
     tokio::time::sleep(std::time::Duration::from_millis(150)).await;
-    let (status, reason) = within("codel", gated(&weir, None, "a")).await.unwrap();
+    let (status, reason) = within("codel", gated_as(&weir, None, "a")).await.unwrap();
     assert_eq!((status.as_u16(), reason.as_str()), (503, "codel"));
     backend.stats.open_gate(2);
     assert_eq!(within("held", held).await.unwrap().0, 200);

@@ -4,8 +4,7 @@
 
 mod support;
 
-use http::{Request, StatusCode};
-use http_body_util::Full;
+use http::StatusCode;
 use support::*;
 use tokio::task::JoinHandle;
 
@@ -14,43 +13,24 @@ async fn weir_with_tenants(backend: &Backend, keys: &str) -> Weir {
     spawn_weir(&upstream_toml(backend.addr, &keys)).await
 }
 
-/// A `/gate` request of `tenant` in the background: its status and `x-weir-reject`.
-fn gated(weir: &Weir, tenant: &str) -> JoinHandle<(StatusCode, String)> {
-    let req = Request::get(weir.url("/gate"))
-        .header("x-tenant", tenant)
-        .body(Full::default())
-        .unwrap();
-    let client = client();
-    tokio::spawn(async move {
-        let (status, headers, _) = send(&client, req).await;
-        let reason = headers
-            .get("x-weir-reject")
-            .map_or("-", |v| v.to_str().unwrap())
-            .to_string();
-        (status, reason)
-    })
-}
-
-async fn queued(weir: &Weir, n: usize) {
-    until("the queue", || {
-        weir.upstream("app").pool().queue_depth() == n
-    })
-    .await;
+/// A `/gate` request of `tenant`, in the background.
+fn of(weir: &Weir, tenant: &str) -> JoinHandle<(StatusCode, String)> {
+    gated(weir, &[("x-tenant", tenant)])
 }
 
 #[tokio::test]
 async fn waiting_requests_are_served_round_robin_across_tenants() {
     let backend = spawn_backend().await;
     let weir = weir_with_tenants(&backend, "max_concurrency = 1\ntenant_max_share = 1.0").await;
-    let held = gated(&weir, "h");
+    let held = of(&weir, "h");
     backend.stats.wait_seen(1).await;
-    let a1 = gated(&weir, "a");
+    let a1 = of(&weir, "a");
     queued(&weir, 1).await;
-    let a2 = gated(&weir, "a");
+    let a2 = of(&weir, "a");
     queued(&weir, 2).await;
-    let a3 = gated(&weir, "a");
+    let a3 = of(&weir, "a");
     queued(&weir, 3).await;
-    let b1 = gated(&weir, "b");
+    let b1 = of(&weir, "b");
     queued(&weir, 4).await;
     // One request at the backend at a time: each opening answers the one holding the slot.
     backend.stats.open_gate(1);
@@ -72,12 +52,12 @@ async fn a_tenant_at_its_share_while_others_wait_is_turned_away_with_429() {
     let backend = spawn_backend().await;
     let weir = weir_with_tenants(&backend, "max_concurrency = 4").await;
     // Alone, a tenant uses every slot: nobody else waits.
-    let mut a: Vec<_> = (0..4).map(|_| gated(&weir, "a")).collect();
+    let mut a: Vec<_> = (0..4).map(|_| of(&weir, "a")).collect();
     backend.stats.wait_seen(4).await;
-    let b1 = gated(&weir, "b");
+    let b1 = of(&weir, "b");
     queued(&weir, 1).await;
     // Now b waits, and a holds 4 of 4 slots, over its half.
-    let (status, reason) = within("a5", gated(&weir, "a")).await.unwrap();
+    let (status, reason) = within("a5", of(&weir, "a")).await.unwrap();
     assert_eq!(
         (status, reason.as_str()),
         (StatusCode::TOO_MANY_REQUESTS, "tenant_share")
@@ -99,14 +79,14 @@ async fn a_tenant_at_its_share_while_others_wait_is_turned_away_with_429() {
 async fn a_full_queue_sheds_the_latest_waiter_of_a_tenant_over_its_share_first() {
     let backend = spawn_backend().await;
     let weir = weir_with_tenants(&backend, "max_concurrency = 2\nmax_queue = 2").await;
-    let held: Vec<_> = (0..2).map(|_| gated(&weir, "a")).collect();
+    let held: Vec<_> = (0..2).map(|_| of(&weir, "a")).collect();
     backend.stats.wait_seen(2).await;
-    let a3 = gated(&weir, "a");
+    let a3 = of(&weir, "a");
     queued(&weir, 1).await;
-    let a4 = gated(&weir, "a");
+    let a4 = of(&weir, "a");
     queued(&weir, 2).await;
     // Full, and all of it a's: b takes a's latest place.
-    let b1 = gated(&weir, "b");
+    let b1 = of(&weir, "b");
     let (status, reason) = within("a4", a4).await.unwrap();
     assert_eq!(
         (status, reason.as_str()),

@@ -630,3 +630,30 @@ impl Workers {
         }
     }
 }
+
+/// A GET of `/gate` (answered when the test's backend opens its gate) sent in the background
+/// with `headers`: its status and `x-weir-reject` ("-" for the backend's own answers).
+pub fn gated(weir: &Weir, headers: &[(&str, &str)]) -> JoinHandle<(StatusCode, String)> {
+    let mut req = Request::get(weir.url("/gate"));
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req.body(Full::default()).unwrap();
+    let client = client();
+    tokio::spawn(async move {
+        let (status, headers, _) = send(&client, req).await;
+        let reason = headers
+            .get("x-weir-reject")
+            .map_or("-", |v| v.to_str().unwrap())
+            .to_string();
+        (status, reason)
+    })
+}
+
+/// Waits until upstream "app" has `n` requests waiting for a slot.
+pub async fn queued(weir: &Weir, n: usize) {
+    until("the queue", || {
+        weir.upstream("app").pool().queue_depth() == n
+    })
+    .await;
+}
