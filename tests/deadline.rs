@@ -114,3 +114,42 @@ async fn a_deadline_shorter_than_the_queue_ahead_is_refused_at_once() {
     );
     assert_eq!(refused, 1.0);
 }
+
+#[tokio::test]
+async fn lower_classes_waiting_do_not_count_against_a_higher_classs_deadline() {
+    let backend = spawn_backend().await;
+    let weir = weir_with_deadlines(
+        backend.addr,
+        "max_concurrency = 1\nmax_queue = 100\nqueue_timeout = \"20s\"\n\
+         priority_header = \"x-priority\"",
+    )
+    .await;
+    let c = client();
+    let sheddable = |path: &str| {
+        let req = Request::get(weir.url(path))
+            .header("x-priority", "sheddable")
+            .body(Full::default())
+            .unwrap();
+        let c = c.clone();
+        tokio::spawn(async move { send(&c, req).await })
+    };
+    // The pace is learned: one 50 ms request after another.
+    let first: Vec<_> = (0..10).map(|_| sheddable("/sleep/50")).collect();
+    for r in first {
+        assert_eq!(within("a sleep", r).await.unwrap().0, 200);
+    }
+    let second: Vec<_> = (0..10).map(|_| sheddable("/sleep/50")).collect();
+    until("a queue", || weir.upstream("app").pool().queue_depth() >= 5).await;
+    // 300 ms would not cover the sheddable queue (nine of 50 ms), but a critical request
+    // overtakes it: it waits for one slot, and is served.
+    let req = Request::get(weir.url("/sleep/50"))
+        .header("x-priority", "critical")
+        .header("x-deadline-ms", "300")
+        .body(Full::default())
+        .unwrap();
+    let (status, headers, _) = send(&c, req).await;
+    assert_eq!(status, 200, "{headers:?}");
+    for r in second {
+        assert_eq!(within("a sleep", r).await.unwrap().0, 200);
+    }
+}

@@ -184,7 +184,12 @@ impl Pool {
         }
         if let Some(deadline) = deadline {
             let left = deadline.saturating_duration_since(Instant::now());
-            if let Some(wait) = self.pace.queue_wait(self.queue_depth()) {
+            // Lower classes waiting are overtaken, not waited for.
+            let ahead = match class {
+                Priority::Sheddable => self.queue_depth(),
+                _ => self.slots.ahead_of(class),
+            };
+            if let Some(wait) = self.pace.queue_wait(ahead) {
                 if wait + self.pace.service().unwrap_or_default() > left {
                     return Err(Rejected::Unmeetable);
                 }

@@ -242,6 +242,16 @@ impl Slots {
         counts.into_iter().max_by_key(|(_, n)| *n)
     }
 
+    /// Requests waiting now that a request of `class` would wait behind: those of its class and
+    /// higher ones.
+    pub fn ahead_of(&self, class: Priority) -> usize {
+        let queue = lock(&self.queue);
+        queue.0[class as usize..]
+            .iter()
+            .map(|q| q.by_tenant.values().map(VecDeque::len).sum::<usize>())
+            .sum()
+    }
+
     /// Requests of `tenant` waiting now, and whether any other tenant's wait.
     pub fn waiting(&self, tenant: TenantId) -> (usize, bool) {
         let queue = lock(&self.queue);
