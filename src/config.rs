@@ -240,6 +240,9 @@ pub struct UpstreamConfig {
     /// A request header naming the request's [`Priority`] class, honoured when its route sets
     /// none.
     pub priority_header: Option<http::HeaderName>,
+    /// Slots sheddable requests leave free while requests of a higher class arrive (within the
+    /// last second); 0, the default, lets lower classes use every slot (work-conserving).
+    pub priority_reserve: usize,
     /// A request header carrying a plain HTTP client's deadline, in milliseconds (gRPC's
     /// `grpc-timeout` is always read); rewritten to what is left when forwarded.
     pub deadline_header: Option<http::HeaderName>,

@@ -174,3 +174,33 @@ async fn under_a_standing_queue_codel_cuts_the_wait_to_its_target() {
     assert_eq!(within("held", held).await.unwrap().0, 200);
     assert_eq!(within("first", first).await.unwrap().0, 200);
 }
+
+#[tokio::test]
+async fn a_priority_reserve_keeps_a_slot_free_for_higher_classes() {
+    let backend = spawn_backend().await;
+    let body = format!(
+        "{}\n[[route]]\nhost = \"batch.test\"\nupstream = \"app\"\npriority = \"sheddable\"\n\
+         [[route]]\nupstream = \"app\"\n",
+        upstream_toml(
+            backend.addr,
+            "max_concurrency = 2\nmax_queue = 10\nqueue_timeout = \"20s\"\npriority_reserve = 1"
+        )
+    );
+    let weir = spawn_weir(&body).await;
+    // A normal request has been seen: the reserve holds.
+    let (status, _, _) = get(&client(), &weir.url("/plain")).await;
+    assert_eq!(status, 200);
+    let batch1 = gated_as(&weir, None, "batch.test");
+    backend.stats.wait_seen(2).await;
+    // One slot is free, but it is the reserve's: the second batch request waits...
+    let batch2 = gated_as(&weir, None, "batch.test");
+    queued(&weir, 1).await;
+    // ...and a normal one takes it at once.
+    let normal = gated_as(&weir, None, "a");
+    backend.stats.wait_seen(3).await;
+    assert_eq!(weir.upstream("app").pool().queue_depth(), 1);
+    backend.stats.open_gate(3);
+    for r in [batch1, normal, batch2] {
+        assert_eq!(within("an answer", r).await.unwrap().0, 200);
+    }
+}

@@ -156,7 +156,10 @@ impl Pool {
         deadline: Option<Instant>,
         tenant: TenantId,
     ) -> Result<Permit<'_>, Rejected> {
-        if self.slots.try_acquire() {
+        if class != Priority::Sheddable {
+            self.slots.note_higher();
+        }
+        if self.slots.try_acquire_as(class) {
             return Ok(self.permit(Duration::ZERO, tenant));
         }
         // Boxed: the wait is the uncommon path, and its timer would otherwise make every
@@ -219,6 +222,11 @@ impl Pool {
             Err(_) if by_codel => Err(Rejected::Codel),
             Err(_) => Err(Rejected::QueueTimeout),
         }
+    }
+
+    /// Sets `priority_reserve`: slots sheddable requests leave free while higher classes arrive.
+    pub fn set_priority_reserve(&self, n: usize) {
+        self.slots.set_reserve(n);
     }
 
     /// Turns CoDel on with `(target, interval)`, or off (`codel`).

@@ -16,15 +16,21 @@ use std::collections::HashMap;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use tokio::time::Instant;
 
 use futures_util::task::AtomicWaker;
 
 use super::tenants::TenantId;
 use crate::config::Priority;
 use crate::sync::lock;
+
+/// How long after the last request above sheddable the reserve still holds.
+const RESERVE_FOR: Duration = Duration::from_secs(1);
 
 /// Set in [`Slots::state`] while requests wait.
 const WAITING: usize = 1;
@@ -33,8 +39,16 @@ const ONE: usize = 2;
 
 #[derive(Debug)]
 pub struct Slots {
-    /// Free slots times [`ONE`], plus [`WAITING`] while `queue` is not empty.
+    /// Free slots times [`ONE`], plus [`WAITING`] while `queue` is not empty. While the bit is
+    /// set, a slot is free only when held back for the higher classes (`priority_reserve`).
     state: AtomicUsize,
+    /// `priority_reserve`: slots sheddable requests leave free while a higher class has been
+    /// seen within [`RESERVE_FOR`] (0: none, every slot is used).
+    reserve: AtomicUsize,
+    /// When a request above sheddable last arrived, in nanoseconds from `epoch` (kept only with
+    /// a reserve).
+    last_higher: AtomicU64,
+    epoch: Instant,
     /// The waiting requests, by class ([`Priority`] as an index), each in arrival order.
     queue: Mutex<Queues>,
 }
@@ -46,6 +60,14 @@ struct Queues([ClassQueue; Priority::ALL.len()]);
 impl Queues {
     fn is_empty(&self) -> bool {
         self.0.iter().all(ClassQueue::is_empty)
+    }
+
+    /// The highest class waiting.
+    fn next_class(&self) -> Option<Priority> {
+        Priority::ALL
+            .into_iter()
+            .rev()
+            .find(|c| !self.0[*c as usize].is_empty())
     }
 
     /// The next waiter of the highest class waiting.
@@ -156,14 +178,57 @@ impl Slots {
         Slots {
             state: AtomicUsize::new(free * ONE),
             queue: Mutex::new(Queues::default()),
+            reserve: AtomicUsize::new(0),
+            last_higher: AtomicU64::new(0),
+            epoch: Instant::now(),
         }
     }
 
+    /// Sets `priority_reserve`.
+    pub fn set_reserve(&self, n: usize) {
+        self.reserve.store(n, Ordering::Relaxed);
+    }
+
+    /// A request above sheddable arrived: the reserve holds for [`RESERVE_FOR`]. One load when
+    /// there is no reserve.
+    pub fn note_higher(&self) {
+        if self.reserve.load(Ordering::Relaxed) > 0 {
+            let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.last_higher.store(now.max(1), Ordering::Relaxed);
+        }
+    }
+
+    /// The slots sheddable requests must leave free now.
+    fn held_back(&self) -> usize {
+        let reserve = self.reserve.load(Ordering::Relaxed);
+        if reserve == 0 {
+            return 0;
+        }
+        let last = self.last_higher.load(Ordering::Relaxed);
+        let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        let recent = last != 0 && now.saturating_sub(last) < RESERVE_FOR.as_nanos() as u64;
+        if recent { reserve } else { 0 }
+    }
+
     /// Takes a free slot if there is one and nobody waits for it.
+    #[cfg(test)]
     pub fn try_acquire(&self) -> bool {
+        self.try_acquire_leaving(0)
+    }
+
+    /// [`Slots::try_acquire`] for `class`: a sheddable request leaves the reserve free.
+    pub fn try_acquire_as(&self, class: Priority) -> bool {
+        match class {
+            Priority::Sheddable => self.try_acquire_leaving(self.held_back()),
+            _ => self.try_acquire_leaving(0),
+        }
+    }
+
+    /// Takes a free slot if nobody waits and more than `hold` are free.
+    fn try_acquire_leaving(&self, hold: usize) -> bool {
         let mut s = self.state.load(Ordering::Relaxed);
         loop {
-            if s & WAITING != 0 || s < ONE {
+            if s & WAITING != 0 || s / ONE <= hold {
                 return false;
             }
             match self
@@ -222,8 +287,7 @@ impl Slots {
         waiter.evicted.store(code, Ordering::Release);
         waiter.waker.wake();
         if queue.is_empty() {
-            // No slot was free while the bit was set.
-            self.state.store(0, Ordering::Release);
+            self.clear_waiting();
         }
     }
 
@@ -286,20 +350,33 @@ impl Slots {
                 break queue;
             }
         };
-        // The bit is set and this holds the lock: nothing else changes the state.
+        // The bit is set and this holds the lock: nothing else changes the state. Slots free
+        // while it is set are held back for the higher classes.
+        let hold = self.held_back();
+        let mut free = self.state.load(Ordering::Acquire) / ONE;
         let mut left = n;
-        while left > 0 {
+        while let Some(next) = queue.next_class() {
+            // A sheddable waiter takes a released slot, or one held back that is no longer
+            // needed, only while the reserve stays free.
+            if next == Priority::Sheddable && free + left <= hold {
+                break;
+            }
+            if left > 0 {
+                left -= 1;
+            } else if free > 0 {
+                free -= 1;
+            } else {
+                break;
+            }
             let Some(waiter) = queue.pop_next() else {
                 break;
             };
             waiter.granted.store(true, Ordering::Release);
             waiter.waker.wake();
-            left -= 1;
         }
-        if queue.is_empty() {
-            // The last waiter has gone (no slot was free while the bit was set).
-            self.state.store(left * ONE, Ordering::Release);
-        }
+        let free = free + left;
+        let waiting = if queue.is_empty() { 0 } else { WAITING };
+        self.state.store(free * ONE + waiting, Ordering::Release);
     }
 
     /// Takes up to `n` free slots away for good; returns how many it took.
@@ -326,17 +403,29 @@ impl Slots {
         }
     }
 
-    /// Joins the queue, unless a slot came free meanwhile: then takes it and returns `true`.
+    /// Joins the queue, unless a slot came free meanwhile: then takes it and returns `true`. A
+    /// sheddable waiter leaves the reserve free.
     fn enqueue(&self, waiter: &Arc<Waiter>) -> bool {
         let mut queue = lock(&self.queue);
+        let hold = match waiter.class {
+            Priority::Sheddable => self.held_back(),
+            _ => 0,
+        };
         let mut s = self.state.load(Ordering::Relaxed);
         loop {
             let (next, took) = if s & WAITING != 0 {
+                // Others wait: only a slot held back may be taken, by a class above sheddable
+                // (or once it is no longer held back); the lock keeps the state still.
+                if s / ONE > hold {
+                    self.state.store(s - ONE, Ordering::Release);
+                    return true;
+                }
                 break;
-            } else if s >= ONE {
+            } else if s / ONE > hold {
                 (s - ONE, true)
             } else {
-                (WAITING, false)
+                // Slots held back stay counted as free while the bit is set.
+                (s | WAITING, false)
             };
             match self
                 .state
@@ -363,9 +452,15 @@ impl Slots {
         // Not granted nor evicted, so still queued, and the bit is set: nothing else changes the
         // state.
         if queue.0[waiter.class as usize].remove(waiter) && queue.is_empty() {
-            // No slot was free while the bit was set.
-            self.state.store(0, Ordering::Release);
+            self.clear_waiting();
         }
+    }
+
+    /// The last waiter has gone: the bit is cleared, and slots held back are free to anyone.
+    /// Under the queue's lock, with the bit set: nothing else changes the state.
+    fn clear_waiting(&self) {
+        let s = self.state.load(Ordering::Acquire);
+        self.state.store(s & !WAITING, Ordering::Release);
     }
 
     /// Free slots now (none while requests wait).
@@ -391,7 +486,7 @@ impl Future for Acquire<'_> {
         let slots = self.slots;
         match &self.waiter {
             None => {
-                if slots.try_acquire() {
+                if slots.try_acquire_as(self.class) {
                     return Poll::Ready(Ok(()));
                 }
                 let waiter = Arc::new(Waiter {
@@ -491,6 +586,33 @@ mod tests {
         );
         slots.release(1);
         assert_eq!(slots.free(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reserve_keeps_slots_from_sheddable_requests_while_higher_classes_come() {
+        let slots = Slots::new(2);
+        slots.set_reserve(1);
+        slots.note_higher();
+        assert!(slots.try_acquire_as(Priority::Sheddable));
+        // The last slot is the reserve's.
+        assert!(!slots.try_acquire_as(Priority::Sheddable));
+        let mut shed = pin!(slots.acquire(Priority::Sheddable, 0));
+        assert!(poll_once(shed.as_mut()).is_pending());
+        assert_eq!(slots.free(), 1);
+        // A normal request takes it at once, past the sheddable one.
+        let mut normal = pin!(slots.acquire(Priority::Normal, 0));
+        assert_eq!(poll_once(normal.as_mut()), Poll::Ready(Ok(())));
+        // A slot released goes back to the reserve, not to the sheddable waiter.
+        slots.release(1);
+        assert!(poll_once(shed.as_mut()).is_pending());
+        assert_eq!(slots.free(), 1);
+        // A second after the last higher request, the reserve lapses: the next release hands
+        // the sheddable waiter a slot, and the held one is free again.
+        tokio::time::advance(RESERVE_FOR + Duration::from_millis(1)).await;
+        slots.release(1);
+        assert_eq!(poll_once(shed.as_mut()), Poll::Ready(Ok(())));
+        assert_eq!(slots.free(), 1);
+        assert!(slots.try_acquire_as(Priority::Sheddable));
     }
 
     #[test]

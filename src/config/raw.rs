@@ -148,6 +148,7 @@ pub(super) struct RawUpstream {
     pub(super) max_upgraded: Option<i64>,
     pub(super) tunnel_idle_timeout: Option<String>,
     pub(super) priority_header: Option<String>,
+    pub(super) priority_reserve: Option<i64>,
     pub(super) deadline_header: Option<String>,
     pub(super) tenant_header: Option<String>,
     pub(super) tenant_max_share: Option<f64>,

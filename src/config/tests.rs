@@ -410,6 +410,7 @@ fn shedding_keys_classes_tenants_deadlines_codel_and_statuses() {
     let bad = format!(
         "reject_status = {{ queue_ful = 429, queue_timeout = 200 }}\n{MINIMAL}\
          priority_header = \"Host\"\ntenant_max_share = 2.0\ncodel_target = \"5ms\"\n\
+         priority_reserve = 64\n\
          [[route]]\nupstream = \"app\"\npriority = \"urgent\"\n"
     );
     let p = match Config::from_toml_str(&bad) {

@@ -80,6 +80,18 @@ impl Validator {
         );
         let priority_header = self.header_name(at("priority_header"), raw.priority_header);
         let deadline_header = self.header_name(at("deadline_header"), raw.deadline_header);
+        // The reserve must leave sheddable requests a slot: below the limit's floor.
+        let floor = match limit {
+            Limit::Fixed(n) => n,
+            Limit::Auto(bounds) => bounds.min,
+        };
+        let priority_reserve = self.count(
+            at("priority_reserve"),
+            raw.priority_reserve,
+            0,
+            0,
+            floor.saturating_sub(1) as u64,
+        );
         let tenant_header = self.header_name(at("tenant_header"), raw.tenant_header);
         let tenant_max_share = match raw.tenant_max_share {
             None => defaults::TENANT_MAX_SHARE,
@@ -113,6 +125,7 @@ impl Validator {
         }
         UpstreamConfig {
             priority_header,
+            priority_reserve,
             deadline_header,
             tenant_header,
             tenant_max_share,

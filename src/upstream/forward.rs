@@ -93,6 +93,7 @@ impl Upstream {
     fn with(cfg: &UpstreamConfig, pool: Arc<Pool>, client: Client) -> Upstream {
         pool.set_tenant_share(cfg.tenant_max_share);
         pool.set_codel(cfg.codel);
+        pool.set_priority_reserve(cfg.priority_reserve);
         Upstream {
             name: cfg.name.clone(),
             pool,
