@@ -7,7 +7,8 @@
 #      weir with /batch/ sheddable (routes), weir without classes, HAProxy with
 #      `set-priority-class` (batch dequeued after api), and /api alone through weir. /api's
 #      success and 2xx p99 against /api alone; /batch/'s goodput against what /api leaves.
-#      Also weir without classes but with CoDel (codel = true), for its default.
+#      Also weir with classes and `priority_reserve = 1`, and weir without classes but with
+#      CoDel (codel = true), for their defaults.
 #      ROUNDS_H (default 3) interleaved rounds.
 #   H2 tenant flood: one tenant (x-tenant: noisy) at 3x capacity, two at 20% each; weir with
 #      tenant_header against weir without: each tenant's success and 2xx p99, and the noisy
@@ -43,9 +44,10 @@ HAP=127.0.0.1:19403
 W_CODEL=127.0.0.1:19404
 W_TENANTS=127.0.0.1:19405
 W_DEADLINE=127.0.0.1:19406
+W_RESERVE=127.0.0.1:19407
 record() { echo "$1" >>"$OUT/results.jsonl"; }
-require_free_ports $CPB $W_CLASSES $W_PLAIN $HAP $W_CODEL $W_TENANTS $W_DEADLINE \
-    127.0.0.1:19411 127.0.0.1:19412 127.0.0.1:19414 127.0.0.1:19415 127.0.0.1:19416
+require_free_ports $CPB $W_CLASSES $W_PLAIN $HAP $W_CODEL $W_TENANTS $W_DEADLINE $W_RESERVE \
+    127.0.0.1:19411 127.0.0.1:19412 127.0.0.1:19414 127.0.0.1:19415 127.0.0.1:19416 127.0.0.1:19417
 
 # weir_config FILE LISTEN ADMIN ROUTE-KEYS [UPSTREAM-KEYS] [QUEUE]
 weir_config() {
@@ -77,6 +79,7 @@ CFG
 weir_config "$OUT/classes.toml" $W_CLASSES 127.0.0.1:19411 'priority = "sheddable"'
 weir_config "$OUT/plain.toml" $W_PLAIN 127.0.0.1:19412 ''
 weir_config "$OUT/codel.toml" $W_CODEL 127.0.0.1:19414 '' 'codel = true'
+weir_config "$OUT/reserve.toml" $W_RESERVE 127.0.0.1:19417 'priority = "sheddable"' 'priority_reserve = 1'
 weir_config "$OUT/tenants.toml" $W_TENANTS 127.0.0.1:19415 '' 'tenant_header = "x-tenant"'
 cat >"$OUT/haproxy.cfg" <<CFG
 global
@@ -105,9 +108,10 @@ wait_port $CPB
 $PROXY "$WEIR_BIN" --config "$OUT/classes.toml" >"$OUT/classes.log" 2>&1 & PIDS+=($!)
 $PROXY "$WEIR_BIN" --config "$OUT/plain.toml" >"$OUT/plain.log" 2>&1 & PIDS+=($!)
 $PROXY "$WEIR_BIN" --config "$OUT/codel.toml" >"$OUT/codel.log" 2>&1 & PIDS+=($!)
+$PROXY "$WEIR_BIN" --config "$OUT/reserve.toml" >"$OUT/reserve.log" 2>&1 & PIDS+=($!)
 $PROXY "$WEIR_BIN" --config "$OUT/tenants.toml" >"$OUT/tenants.log" 2>&1 & PIDS+=($!)
 $PROXY haproxy -f "$OUT/haproxy.cfg" >"$OUT/haproxy.log" 2>&1 & PIDS+=($!)
-for a in $W_CLASSES $W_PLAIN $HAP $W_CODEL $W_TENANTS; do wait_port $a; done
+for a in $W_CLASSES $W_PLAIN $HAP $W_CODEL $W_TENANTS $W_RESERVE; do wait_port $a; done
 echo "versions: $("$WEIR_BIN" --version), $(haproxy -v | head -1 | awk '{print "haproxy/"$3}')" | tee "$OUT/versions.txt"
 
 CAP=$($LG "$CAP_BIN" measure $CPB 16 4)
@@ -147,10 +151,10 @@ SCENARIOS=" ${SCENARIOS:-H1 H2 H3} "
 want() { [[ "$SCENARIOS" == *" $1 "* ]]; }
 if want H1; then
 echo "H1: /api at $API_RATE req/s, /batch/ at $BATCH_RATE req/s, ${SECS}s, $ROUNDS_H rounds"
-ORDER=("alone $W_CLASSES no" "weir-classes $W_CLASSES yes" "weir-plain $W_PLAIN yes" "haproxy-priority $HAP yes" "weir-codel $W_CODEL yes")
+ORDER=("alone $W_CLASSES no" "weir-classes $W_CLASSES yes" "weir-plain $W_PLAIN yes" "haproxy-priority $HAP yes" "weir-codel $W_CODEL yes" "weir-reserve $W_RESERVE yes")
 for round in $(seq 1 "$ROUNDS_H"); do
-    for i in 0 1 2 3 4; do
-        read -r label addr batch <<<"${ORDER[$(((i + round - 1) % 5))]}"
+    for i in 0 1 2 3 4 5; do
+        read -r label addr batch <<<"${ORDER[$(((i + round - 1) % 6))]}"
         run_h1 "$round" "$label" "$addr" "$batch"
     done
 done
@@ -204,7 +208,7 @@ med = statistics.median
 alone_p99 = med([r["api"]["p99_2xx_ms"] for r in h1 if r["target"] == "alone"])
 print(f"### H1: priority flood (capacity measured {cap:.0f} req/s; /api at 50%, /batch/ at 3x)\n")
 print("| target | /api success | /api 2xx p99 ms | p99 vs alone | /batch/ goodput/s | of what /api leaves |\n|---|---|---|---|---|---|")
-for t in ("alone", "weir-classes", "weir-plain", "haproxy-priority", "weir-codel"):
+for t in ("alone", "weir-classes", "weir-reserve", "weir-plain", "haproxy-priority", "weir-codel"):
     rs = [r for r in h1 if r["target"] == t]
     if not rs:
         continue
