@@ -320,3 +320,40 @@ async fn an_idle_https_connection_parks_and_serves_its_next_request() {
     assert_eq!(info.counters.accepted(), 1);
     assert_eq!(backend.stats.seen(), 2);
 }
+
+#[tokio::test]
+async fn a_websocket_over_a_tls_listener_is_tunnelled_and_its_slot_freed() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let backend = support::websocket::spawn_ws_backend().await;
+    let weir = spawn_weir_on(
+        &upstream_toml(backend.addr, "max_concurrency = 1\nmax_queue = 0"),
+        &tls_keys(&certs("chain.pem"), &certs("server.key"), ""),
+        Options::default(),
+    )
+    .await;
+    // A browser offers both; a WebSocket handshake is HTTP/1.1.
+    let stream = connect(&weir, client_config(&[b"http/1.1"], false))
+        .await
+        .unwrap();
+    let (mut ws, response) = within(
+        "the handshake",
+        tokio_tungstenite::client_async("wss://localhost/chat", stream),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::SWITCHING_PROTOCOLS);
+    assert_eq!(weir.upstream("app").pool().in_flight(), 0);
+    for size in [5, 70_000] {
+        let payload: Vec<u8> = (0..size).map(|i| i as u8).collect();
+        ws.send(Message::binary(payload.clone())).await.unwrap();
+        let echo = within("an echo", ws.next()).await.unwrap().unwrap();
+        assert!(
+            echo.into_data() == payload,
+            "{size} bytes came back changed"
+        );
+    }
+    ws.close(None).await.unwrap();
+    support::websocket::WsStats::wait(&backend.stats.ended, 1).await;
+}
