@@ -92,13 +92,18 @@ async fn grpc_server() -> (Child, u16) {
     (child, port)
 }
 
-/// Runs the client's `case` through `addr`; its one JSON line.
-async fn call(addr: std::net::SocketAddr, case: &str) -> Value {
+/// Runs the client's `case` through `weir`; its one JSON line.
+async fn call(weir: &Weir, case: &str) -> Value {
     let out = within(
         "the gRPC client",
         script()
             .await
-            .args(["client", &addr.to_string(), case])
+            .args([
+                "client",
+                &weir.addr.to_string(),
+                &weir.admin.to_string(),
+                case,
+            ])
             .output(),
     )
     .await
@@ -130,7 +135,7 @@ async fn grpc_clients_get_grpc_statuses_from_weir_and_the_backend_the_time_left(
 
     // Through: the client's 10 s are cut to weir's request_timeout of 1 s, and the backend is
     // told what is left of that, less weir's 5 ms margin.
-    let ok = call(weir.addr, "echo").await;
+    let ok = call(&weir, "echo").await;
     assert_eq!(ok["code"], "OK", "{ok}");
     let left: f64 = ok["trailing"]["x-left-ms"]
         .as_str()
@@ -144,7 +149,7 @@ async fn grpc_clients_get_grpc_statuses_from_weir_and_the_backend_the_time_left(
         "the backend was told {left} ms are left (call took {call_ms} ms)"
     );
 
-    let overload = call(weir.addr, "overload").await;
+    let overload = call(&weir, "overload").await;
     assert_eq!(overload["code"], "UNAVAILABLE", "{overload}");
     assert!(
         overload["details"]
@@ -158,14 +163,14 @@ async fn grpc_clients_get_grpc_statuses_from_weir_and_the_backend_the_time_left(
     assert_eq!(overload["trailing"]["x-weir-reject"], "queue_full");
 
     // weir's request_timeout, with no deadline of the client's to tell the backend.
-    let deadline = call(weir.addr, "deadline").await;
+    let deadline = call(&weir, "deadline").await;
     assert_eq!(deadline["code"], "DEADLINE_EXCEEDED", "{deadline}");
     assert!(
         deadline["details"].as_str().unwrap().starts_with("weir: "),
         "{deadline}"
     );
 
-    let tenant = call(weir.addr, "tenant").await;
+    let tenant = call(&weir, "tenant").await;
     assert_eq!(tenant["code"], "RESOURCE_EXHAUSTED", "{tenant}");
     assert!(
         tenant["details"].as_str().unwrap().contains("tenant_share"),
@@ -178,7 +183,7 @@ async fn grpc_clients_get_grpc_statuses_from_weir_and_the_backend_the_time_left(
         "{tenant}"
     );
 
-    let too_large = call(weir.addr, "too_large").await;
+    let too_large = call(&weir, "too_large").await;
     assert_eq!(too_large["code"], "RESOURCE_EXHAUSTED", "{too_large}");
     assert!(
         too_large["details"]

@@ -2,7 +2,10 @@
 tests/grpc.rs.
 
     python3 echo.py server            serves weir.test.Echo on 127.0.0.1, prints its port
-    python3 echo.py client ADDR CASE  makes the calls of CASE through ADDR, prints one JSON line
+    python3 echo.py client ADDR ADMIN CASE
+                                      makes the calls of CASE through weir at ADDR (waiting on
+                                      its metrics at ADMIN, never on the clock), prints one JSON
+                                      line
 
 Methods: Echo (answers the request, with the time the server was told is left in the trailing
 metadata `x-left-ms`), Sleep and Hold (sleep the milliseconds their request names, then answer).
@@ -11,6 +14,7 @@ import json
 import sys
 import threading
 import time
+import urllib.request
 from concurrent import futures
 
 import grpc
@@ -59,7 +63,19 @@ def outcome(call, **kw):
         }
 
 
-def client(addr, case):
+def wait_for(admin, family, upstream, value):
+    """Waits (up to 20 s) until weir's gauge FAMILY of UPSTREAM reads VALUE on its /metrics."""
+    line = f'{family}{{upstream="{upstream}"}} {value}'
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://{admin}/metrics", timeout=5) as r:
+            if line in r.read().decode().splitlines():
+                return
+        time.sleep(0.005)
+    raise TimeoutError(f"{line} never read")
+
+
+def client(addr, admin, case):
     channel = grpc.insecure_channel(addr, options=(("grpc.enable_retries", 0),))
     method = lambda name: channel.unary_unary(f"/{SERVICE}/{name}")
     result = {"case": case}
@@ -69,9 +85,9 @@ def client(addr, case):
         result["call_ms"] = (time.monotonic() - start) * 1000
     elif case == "overload":
         # One call holds the upstream's only slot; the next finds no queue.
-        holder = threading.Thread(target=lambda: method("Sleep").with_call(b"1500", timeout=10))
+        holder = threading.Thread(target=lambda: method("Sleep").with_call(b"2000", timeout=10))
         holder.start()
-        time.sleep(0.5)
+        wait_for(admin, "weir_in_flight", "tight", 1)
         result.update(outcome(method("Sleep"), request=b"0", timeout=10))
         holder.join()
     elif case == "deadline":
@@ -81,15 +97,15 @@ def client(addr, case):
         # Tenant a holds the upstream's only slot, b waits: a's next call is over its share.
         a = (("x-tenant", "a"),)
         holder = threading.Thread(
-            target=lambda: method("Hold").with_call(b"1500", timeout=10, metadata=a)
+            target=lambda: method("Hold").with_call(b"2000", timeout=10, metadata=a)
         )
         holder.start()
-        time.sleep(0.4)
+        wait_for(admin, "weir_in_flight", "shared", 1)
         waiter = threading.Thread(
             target=lambda: method("Hold").with_call(b"0", timeout=10, metadata=(("x-tenant", "b"),))
         )
         waiter.start()
-        time.sleep(0.4)
+        wait_for(admin, "weir_queue_depth", "shared", 1)
         result.update(outcome(method("Hold"), request=b"0", timeout=10, metadata=a))
         holder.join()
         waiter.join()
@@ -102,4 +118,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "server":
         serve()
     else:
-        client(sys.argv[2], sys.argv[3])
+        client(sys.argv[2], sys.argv[3], sys.argv[4])
