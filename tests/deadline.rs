@@ -108,11 +108,7 @@ async fn a_deadline_shorter_than_the_queue_ahead_is_refused_at_once() {
         "the hopeless request reached the backend"
     );
     let m = scrape(weir.admin).await;
-    let refused = m.value(
-        "weir_requests_rejected_total",
-        &[("upstream", "app"), ("reason", "deadline_unmeetable")],
-    );
-    assert_eq!(refused, 1.0);
+    assert_eq!(m.rejected("app", "deadline_unmeetable"), 1.0);
 }
 
 #[tokio::test]

@@ -101,12 +101,7 @@ async fn a_full_queue_sheds_its_lowest_class_latest_waiter_at_once() {
         assert_eq!(within("an answer", r).await.unwrap().0, 200);
     }
     let m = scrape(weir.admin).await;
-    let rejected = |reason| {
-        m.value(
-            "weir_requests_rejected_total",
-            &[("upstream", "app"), ("reason", reason)],
-        )
-    };
+    let rejected = |reason| m.rejected("app", reason);
     assert_eq!((rejected("evicted"), rejected("queue_full")), (3.0, 1.0));
     // Those evicted never reached the backend.
     assert_eq!(backend.stats.seen(), 3);

@@ -68,11 +68,7 @@ async fn a_tenant_at_its_share_while_others_wait_is_turned_away_with_429() {
         assert_eq!(within("an answer", r).await.unwrap().0, 200);
     }
     let m = scrape(weir.admin).await;
-    let shed = m.value(
-        "weir_requests_rejected_total",
-        &[("upstream", "app"), ("reason", "tenant_share")],
-    );
-    assert_eq!(shed, 1.0);
+    assert_eq!(m.rejected("app", "tenant_share"), 1.0);
 }
 
 #[tokio::test]

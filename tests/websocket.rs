@@ -81,13 +81,7 @@ async fn a_tunnel_holds_no_slot_after_the_101() {
         let echo = round_trip(ws, Message::text("still here")).await;
         assert_eq!(echo.into_text().unwrap().as_str(), "still here");
     }
-    let queue_full = metric(
-        &weir,
-        "weir_requests_rejected_total",
-        &[("upstream", "app"), ("reason", "queue_full")],
-    )
-    .await;
-    assert_eq!(queue_full, 0.0);
+    assert_eq!(scrape(weir.admin).await.rejected("app", "queue_full"), 0.0);
 }
 
 #[tokio::test]
@@ -110,11 +104,7 @@ async fn upgrades_beyond_max_upgraded_get_503_and_never_reach_the_backend() {
     assert_eq!(*backend.stats.upgrades.borrow(), 2);
     let u = ("upstream", "app");
     let m = scrape(weir.admin).await;
-    let rejected = m.value(
-        "weir_requests_rejected_total",
-        &[u, ("reason", "upgrade_limit")],
-    );
-    assert_eq!(rejected, 1.0);
+    assert_eq!(m.rejected("app", "upgrade_limit"), 1.0);
     assert_eq!(m.value("weir_tunnels_open", &[u]), 2.0);
     assert_eq!(m.value("weir_tunnels_limit", &[u]), 2.0);
 

@@ -149,6 +149,10 @@ impl ClassQueue {
     fn waiting(&self, tenant: TenantId) -> usize {
         self.by_tenant.get(&tenant).map_or(0, VecDeque::len)
     }
+
+    fn len(&self) -> usize {
+        self.by_tenant.values().map(VecDeque::len).sum()
+    }
 }
 
 /// Why a waiter was taken out of the queue before its turn.
@@ -190,11 +194,15 @@ impl Slots {
     }
 
     /// A request above sheddable arrived: the reserve holds for [`RESERVE_FOR`]. One load when
-    /// there is no reserve.
+    /// there is no reserve; with one, the shared time is written at most once a millisecond, not
+    /// by every request.
     pub fn note_higher(&self) {
         if self.reserve.load(Ordering::Relaxed) > 0 {
             let now = u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            self.last_higher.store(now.max(1), Ordering::Relaxed);
+            let last = self.last_higher.load(Ordering::Relaxed);
+            if now.saturating_sub(last) > 1_000_000 || last == 0 {
+                self.last_higher.store(now.max(1), Ordering::Relaxed);
+            }
         }
     }
 
@@ -310,10 +318,7 @@ impl Slots {
     /// higher ones.
     pub fn ahead_of(&self, class: Priority) -> usize {
         let queue = lock(&self.queue);
-        queue.0[class as usize..]
-            .iter()
-            .map(|q| q.by_tenant.values().map(VecDeque::len).sum::<usize>())
-            .sum()
+        queue.0[class as usize..].iter().map(ClassQueue::len).sum()
     }
 
     /// Requests of `tenant` waiting now, and whether any other tenant's wait.

@@ -7,15 +7,13 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use futures_util::FutureExt;
-use std::time::Duration;
-
 use http::{Request, Response, Version, header};
 use hyper::body::Incoming;
 
 use super::record::Record;
 use super::respond::Answering;
 use super::route::{Table, settle_host};
-use crate::config::{Config, OversizedBody};
+use crate::config::{Config, OversizedBody, defaults};
 use crate::error::ProxyError;
 use crate::http::{BufferPool, Buffered, Downstream, RequestBody, client_budget, is_grpc};
 use crate::telemetry::SizeLimit;
@@ -114,8 +112,9 @@ impl Proxy {
             .or_else(|| upstream.header_priority(req.headers()))
             .unwrap_or_default();
         record.set_class(class);
+        // A budget too far off to count from now is no deadline.
         let deadline = client_budget(req.headers(), grpc, upstream.deadline_header())
-            .map(|budget| started + budget);
+            .and_then(|budget| started.checked_add(budget));
         let tenant = upstream.tenant(req.headers());
         // From here, dropping `record` before an answer exists counts `client_gone`.
         let (upstream, queue_wait) = record.route_to(upstream);
@@ -187,7 +186,7 @@ impl Proxy {
         let how = Answering {
             grpc,
             status: self.table.load().reject_status[reason as usize],
-            retry_after: upstream.map_or(Duration::from_secs(1), Upstream::retry_after),
+            retry_after: upstream.map_or(defaults::RETRY_AFTER, Upstream::retry_after),
         };
         let response = err.into_response(upstream.map(|u| u.pool().counters()), how);
         record.answered(response.status(), Some(reason));

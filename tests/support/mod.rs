@@ -522,6 +522,14 @@ impl Metrics {
         counts.iter().sum()
     }
 
+    /// `weir_requests_rejected_total` of `upstream` for `reason`.
+    pub fn rejected(&self, upstream: &str, reason: &str) -> f64 {
+        self.value(
+            "weir_requests_rejected_total",
+            &[("upstream", upstream), ("reason", reason)],
+        )
+    }
+
     /// `weir_concurrency_limit` of `upstream`.
     pub fn limit(&self, upstream: &str) -> f64 {
         self.value("weir_concurrency_limit", &[("upstream", upstream)])
