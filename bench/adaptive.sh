@@ -85,18 +85,7 @@ record "{\"scenario\":\"F1-capacity\",\"workers\":[16,8,24],\"rps\":[$CAPS]}"
 SECONDS_F1=$((STEP * 3))
 if want F1; then
 echo "F1: capacity 16 -> 8 -> 24 workers x 20 ms, ${STEP}s each, 2400 req/s offered, clients give up after 1 s"
-cat >"$OUT/haproxy.cfg" <<CFG
-global
-    nbthread 1
-    maxconn 9800
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    timeout queue 100ms
+{ haproxy_head 100ms; cat <<CFG
 frontend fe
     bind 127.0.0.1:19213
     default_backend b
@@ -104,6 +93,7 @@ backend b
     http-request deny deny_status 503 if { queue(b) ge 64 }
     server s1 $CPB maxconn 16
 CFG
+} >"$OUT/haproxy.cfg"
 run_f1() { # LABEL ADDR [ADMIN]
     local admin_arg=()
     [ -n "${3:-}" ] && admin_arg=(admin="$3")

@@ -60,3 +60,22 @@ single_upstream_run() {
 
 # CPU time (user + system, in clock ticks) the processes PIDS have used so far.
 cpu_ticks() { local t=0; for p in "$@"; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo $t; }
+
+# The global and defaults sections every benchmark's HAProxy uses: one thread, keep-alive both
+# ways, the peers' timeouts, and QUEUE_TIMEOUT in the queue. Two descriptors per connection must
+# fit the file limit (20,000 on the machine measured), hence maxconn 9800.
+haproxy_head() {
+    cat <<CFG
+global
+    nbthread 1
+    maxconn 9800
+defaults
+    mode http
+    option http-keep-alive
+    http-reuse always
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+    timeout queue $1
+CFG
+}

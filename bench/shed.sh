@@ -81,18 +81,7 @@ weir_config "$OUT/plain.toml" $W_PLAIN 127.0.0.1:19412 ''
 weir_config "$OUT/codel.toml" $W_CODEL 127.0.0.1:19414 '' 'codel = true'
 weir_config "$OUT/reserve.toml" $W_RESERVE 127.0.0.1:19417 'priority = "sheddable"' 'priority_reserve = 1'
 weir_config "$OUT/tenants.toml" $W_TENANTS 127.0.0.1:19415 '' 'tenant_header = "x-tenant"'
-cat >"$OUT/haproxy.cfg" <<CFG
-global
-    nbthread 1
-    maxconn 9800
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    timeout queue 1s
+{ haproxy_head 1s; cat <<CFG
 frontend fe
     bind $HAP
     default_backend b
@@ -102,6 +91,7 @@ backend b
     http-request deny deny_status 503 if { queue(b) ge 128 }
     server s1 $CPB maxconn 16
 CFG
+} >"$OUT/haproxy.cfg"
 
 $LG "$CAP_BIN" backend $CPB 16 20 >"$OUT/backend.log" 2>&1 & PIDS+=($!)
 wait_port $CPB

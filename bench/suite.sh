@@ -120,19 +120,7 @@ http {
 }
 EOF
 mkdir -p "$OUT/nginx-tmp"
-cat >"$OUT/haproxy.cfg" <<EOF
-global
-    nbthread 1
-    # Two descriptors per connection must fit the file limit (20,000 on the machine measured).
-    maxconn 9800
-defaults
-    mode http
-    option http-keep-alive
-    http-reuse always
-    timeout connect 2s
-    timeout client 30s
-    timeout server 30s
-    timeout queue 100ms
+{ haproxy_head 100ms; cat <<EOF
 frontend fe
     bind $HAPROXY
     use_backend b if { path_beg /work }
@@ -144,6 +132,7 @@ backend b
     http-request deny deny_status 503 if { queue(b) ge 64 }
     server s1 $BACKEND maxconn 16
 EOF
+} >"$OUT/haproxy.cfg"
 
 # ---- processes ----
 require_free_ports "$BACKEND" "$WEIR" "$NGINX" "$HAPROXY" "$WEIR_H2" "$NGINX_H2" 127.0.0.1:19901
