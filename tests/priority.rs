@@ -199,3 +199,29 @@ async fn a_priority_reserve_keeps_a_slot_free_for_higher_classes() {
         assert_eq!(within("an answer", r).await.unwrap().0, 200);
     }
 }
+
+#[tokio::test]
+async fn codel_does_not_cut_a_critical_requests_wait() {
+    let backend = spawn_backend().await;
+    let body = upstream_toml(
+        backend.addr,
+        "max_concurrency = 1\nmax_queue = 10\nqueue_timeout = \"20s\"\n\
+         priority_header = \"x-priority\"\ncodel = true\ncodel_target = \"10ms\"",
+    );
+    let weir = spawn_weir(&body).await;
+    let held = gated_as(&weir, None, "a");
+    backend.stats.wait_seen(1).await;
+    let first = gated_as(&weir, None, "a");
+    queued(&weir, 1).await;
+    // The queue stands for longer than codel_interval (100 ms by default).
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let critical = gated_as(&weir, Some("critical"), "a");
+    queued(&weir, 2).await;
+    // Well past the target, it still waits, and is served before the normal one.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert!(!critical.is_finished());
+    backend.stats.open_gate(3);
+    for r in [held, critical, first] {
+        assert_eq!(within("an answer", r).await.unwrap().0, 200);
+    }
+}

@@ -99,3 +99,27 @@ async fn a_full_queue_sheds_the_latest_waiter_of_a_tenant_over_its_share_first()
         "the shed request reached the backend"
     );
 }
+
+#[tokio::test]
+async fn a_critical_request_is_not_turned_away_for_its_tenants_share() {
+    let backend = spawn_backend().await;
+    let weir = weir_with_tenants(
+        &backend,
+        "max_concurrency = 2\npriority_header = \"x-priority\"",
+    )
+    .await;
+    let held: Vec<_> = (0..2).map(|_| of(&weir, "a")).collect();
+    backend.stats.wait_seen(2).await;
+    let b1 = of(&weir, "b");
+    queued(&weir, 1).await;
+    // a holds both slots while b waits: a's normal request is over its share...
+    let (status, _) = within("a3", of(&weir, "a")).await.unwrap();
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    // ...its critical one waits its turn.
+    let critical = gated(&weir, &[("x-tenant", "a"), ("x-priority", "critical")]);
+    queued(&weir, 2).await;
+    backend.stats.open_gate(4);
+    for r in held.into_iter().chain([b1, critical]) {
+        assert_eq!(within("an answer", r).await.unwrap().0, 200);
+    }
+}

@@ -178,9 +178,12 @@ impl Pool {
         let mut timeout = Duration::from_nanos(self.queue_timeout_nanos.load(Ordering::Relaxed));
         let mut by_deadline = false;
         let mut by_codel = false;
+        // Critical requests are never cut short by CoDel nor by their tenant's share: they are
+        // shed only when nothing lower holds a queue place.
+        let critical = class == Priority::Critical;
         if self.queue_depth() == 0 {
             self.pace.emptied();
-        } else if let Some(target) = self.pace.codel_timeout() {
+        } else if let Some(target) = self.pace.codel_timeout().filter(|_| !critical) {
             if target < timeout {
                 (timeout, by_codel) = (target, true);
             }
@@ -201,7 +204,7 @@ impl Pool {
                 (timeout, by_deadline, by_codel) = (left, true, false);
             }
         }
-        if tenant != 0 {
+        if tenant != 0 && !critical {
             // A tenant at its share waits only while nobody else does.
             let (mine, others) = self.slots.waiting(tenant);
             let cap = self.tenants.cap(self.max_concurrency());
